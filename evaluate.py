@@ -1,0 +1,786 @@
+"""The one metrics script: SSIM, PSNR, LPIPS and FID, scored the way PGPIS papers score.
+
+Pose-guided person image synthesis papers (PATN, NTED, CASD, PIDM, CFLD, FPDM, RPFM) compare a
+generated image with the ground-truth target photo at 256x176 (or 512x352):
+
+- SSIM (Wang et al. 2004): local means, variances and covariance under an 11x11 Gaussian window
+  (sigma 1.5) on [0, 1] images, averaged over the valid window positions and the channels. This is
+  the convention of scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1)`, written here from the formula.
+- PSNR on [0, 1]: 10 log10(1 / MSE), per image.
+- LPIPS (Zhang et al. 2018, arXiv 1801.03924): AlexNet or VGG16 features at five layers,
+  unit-normalised along channels, squared difference, a learned non-negative 1x1 "linear head"
+  per layer, spatial mean, summed over layers. Lower is more similar.
+- FID (Heusel et al. 2017, arXiv 1706.08500): the Frechet distance between Gaussians fitted to
+  InceptionV3 (Szegedy et al., arXiv 1512.00567) 2048-d pool features of two image sets, in
+  float64, with a matrix square root that stays real on (near-)singular covariances.
+- Baselines, by the same code: "copy the source image" and "the mean training image", so every
+  table shows how far above trivial a model stands.
+
+Every scorer returns a plain metrics dict (score_folders, score_baselines) and print_table prints
+{row name: dict} with the columns in TABLE_COLUMNS, so further rows or columns (the retrieval
+metrics of the fusion stage, fusion.py) join the same table and JSON.
+
+Files are matched by name (CONTRACT.md): the generated `{source_stem}___{target_stem}.png`
+matches the real image whose stem is `target_stem`; a name without `___` matches by its own stem.
+Both sides are resized to the evaluation size with data.resize_for_eval (bicubic, antialiased).
+
+Weights never download here: LPIPS and FID load local files or torchvision's cache under
+TORCH_HOME; when they are absent a one-line note says so and the metric is left out.
+
+    python evaluate.py --generated runs/samples --real DATA/test_highres [--size 256x176]
+    python evaluate.py --baselines --data DATA [--split test]
+    pytest -q tests/test_evaluate.py
+
+Shape letters: B batch, C channels (3 for images), H W height width, N images in a set,
+D feature dimension (2048 for Inception), K window size.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from tqdm import tqdm
+
+from data import PairDataset, resize_for_eval
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+NAME_SEPARATOR = "___"  # generated files are named {source_stem}___{target_stem}.png (CONTRACT.md)
+SIZE_PRESETS = {"256x176": (256, 176), "512x352": (512, 352)}  # the two PGPIS evaluation sizes
+
+
+# ----------------------------------------------------------------------------- SSIM and PSNR
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Raise ValueError unless a and b are equal-shaped (B, 3, H, W) images in [0, 1]."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"expected two (B, C, H, W) tensors of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    lo, hi = min(a.min().item(), b.min().item()), max(a.max().item(), b.max().item())
+    # note: the commonest evaluation bug is feeding [-1, 1] images; a tolerance allows rounding
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"expected images in [0, 1], got values in [{lo:.3f}, {hi:.3f}] "
+                         "(convert [-1, 1] images with (x + 1) / 2)")
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D normalised Gaussian (K,) that SSIM uses separably along H and W (float64)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()  # (K,)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5,
+         data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM (B,) of (B, C, H, W) images in [0, 1].
+
+    Local statistics come from a 'valid' Gaussian filter: skimage filters with reflection and then
+    crops (window - 1) / 2 pixels at each border, which leaves exactly the valid positions.
+    """
+    _check_pair(a, b)
+    if min(a.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window}, got {tuple(a.shape[-2:])}")
+    dtype = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
+    a, b = a.to(dtype), b.to(dtype)
+    c = a.shape[1]
+    g = gaussian_window(window, sigma).to(device=a.device, dtype=dtype)
+    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (B, 5C, H, W)
+    # a separable filter: one grouped conv along W, then one along H, every channel on its own
+    stacked = F.conv2d(stacked, g.view(1, 1, 1, -1).expand(5 * c, 1, 1, window), groups=5 * c)
+    stacked = F.conv2d(stacked, g.view(1, 1, -1, 1).expand(5 * c, 1, window, 1), groups=5 * c)
+    mu_a, mu_b, e_aa, e_bb, e_ab = stacked.chunk(5, dim=1)  # each (B, C, H-K+1, W-K+1)
+    var_a, var_b, cov = e_aa - mu_a ** 2, e_bb - mu_b ** 2, e_ab - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2  # K1, K2 of Wang et al. 2004
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3))  # (B,)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR (B,) in dB of (B, C, H, W) images in [0, 1]."""
+    _check_pair(a, b)
+    mse = ((a.double() - b.double()) ** 2).mean(dim=(1, 2, 3))  # (B,)
+    # note: identical images have MSE 0 (infinite PSNR); a floor of 1e-10 caps them at 100 dB so
+    # that a mean over a folder stays finite
+    return (10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-10))).to(a.dtype)
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+def _sym_sqrt(m: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric PSD matrix; rounding's tiny negative eigenvalues count as 0."""
+    w, v = torch.linalg.eigh((m + m.T) / 2)
+    return (v * w.clamp_min(0).sqrt()) @ v.T  # (D, D)
+
+
+def _as_gaussian(mu, sigma, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 mean (D,) and covariance (D, D), checked to match."""
+    mu = torch.as_tensor(mu, dtype=torch.float64).flatten()  # (D,)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{what}: expected a mean (D,) and a covariance (D, D), got {tuple(mu.shape)} "
+                         f"and {tuple(sigma.shape)}")
+    return mu, sigma
+
+
+def _frechet_value(mu1, trace1, mu2, trace2, tr_covmean) -> float:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), clamped at 0."""
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"Frechet distance: feature dimensions differ, {mu1.shape[0]} vs {mu2.shape[0]}")
+    diff = mu1 - mu2
+    value = diff @ diff + trace1 + trace2 - 2 * tr_covmean
+    return max(float(value), 0.0)  # a squared distance: a tiny negative is rounding
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2), float64.
+
+    d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
+    S1 S2 is not symmetric, but it has the same eigenvalues as the symmetric PSD matrix
+    M = S1^(1/2) S2 S1^(1/2) (AB and BA share eigenvalues), so tr((S1 S2)^(1/2)) is the sum of the
+    square roots of M's eigenvalues. Two symmetric eigen-decompositions give it with real
+    arithmetic throughout. pytorch-fid instead calls scipy's general sqrtm on S1 S2, which turns
+    complex or infinite when the product is singular (fewer images than 2048 dimensions), and then
+    retries with 1e-6 * I added to both covariances; here singular covariances need no offset.
+    """
+    (mu1, s1), (mu2, s2) = _as_gaussian(mu1, sigma1, "set 1"), _as_gaussian(mu2, sigma2, "set 2")
+    if s1.shape != s2.shape:
+        raise ValueError(f"Frechet distance: covariances {tuple(s1.shape)} and {tuple(s2.shape)} differ")
+    root1 = _sym_sqrt(s1)
+    m = root1 @ s2 @ root1  # (D, D), symmetric PSD up to rounding
+    tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    return _frechet_value(mu1, torch.trace(s1), mu2, torch.trace(s2), tr_covmean)
+
+
+def frechet_distance_to_features(features, mu2, sigma2) -> float:
+    """frechet_distance between the Gaussian fitted to features (N, D) and N(mu2, sigma2).
+
+    With N <= D the fitted covariance S1 = A^T A (A the centred features / sqrt(N - 1), (N, D))
+    has rank < N, and S1 S2 = A^T (A S2) shares its non-zero eigenvalues with the N x N symmetric
+    PSD matrix A S2 A^T, so the trace term costs one N x N eigen-decomposition instead of two
+    D x D ones (seconds on a CPU for D = 2048). The value is the same; larger N takes the D route.
+    """
+    f = torch.as_tensor(features, dtype=torch.float64)
+    if f.dim() != 2 or f.shape[0] < 2:
+        raise ValueError(f"Frechet distance needs (N, D) features with N >= 2, got {tuple(f.shape)}")
+    if f.shape[0] > f.shape[1]:
+        return frechet_distance(*feature_stats(f), mu2, sigma2)
+    mu2, s2 = _as_gaussian(mu2, sigma2, "reference")
+    mu1 = f.mean(dim=0)  # (D,)
+    a = (f - mu1) / math.sqrt(f.shape[0] - 1)  # (N, D)
+    small = a @ s2 @ a.T  # (N, N)
+    tr_covmean = torch.linalg.eigvalsh((small + small.T) / 2).clamp_min(0).sqrt().sum()
+    return _frechet_value(mu1, (a * a).sum(), mu2, torch.trace(s2), tr_covmean)
+
+
+def feature_stats(features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and unbiased covariance (D, D), float64, of features (N, D) with N >= 2."""
+    f = torch.as_tensor(features, dtype=torch.float64)
+    if f.dim() != 2 or f.shape[0] < 2:
+        raise ValueError(f"feature_stats needs (N, D) features with N >= 2, got {tuple(f.shape)}")
+    mu = f.mean(dim=0)  # (D,)
+    centred = f - mu  # (N, D)
+    return mu, centred.T @ centred / (f.shape[0] - 1)  # (D,), (D, D)
+
+
+# ----------------------------------------------------------------------------- weight files
+
+def _load_state(path, what: str) -> dict:
+    """A state dict read from a local file; a missing or unreadable file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises RuntimeError / UnpicklingError on a bad file
+        raise ValueError(f"{what}: could not read {path} as a PyTorch state dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{what}: {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def torchvision_cache_path(weights_enum) -> Path:
+    """Where torchvision caches a weight file: $TORCH_HOME/hub/checkpoints/<file name of its URL>."""
+    name = Path(urlparse(weights_enum.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _cached_torchvision_state(weights_enum, what: str, flag: str) -> dict:
+    """Read torchvision weights from its cache only: this script never downloads."""
+    path = torchvision_cache_path(weights_enum)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} not found in torchvision's cache ({path}, set by TORCH_HOME); fetch them once "
+            f"online with torchvision.models weights={weights_enum}, or pass {flag} PATH")
+    return _load_state(path, what)
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+# name -> (torchvision constructor, weights, slice ends in .features, channels per layer,
+# smallest image side whose pooled maps stay non-empty down to the last layer)
+# AlexNet: relu1..relu5; VGG16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (the LPIPS layers)
+LPIPS_NETS = {
+    "alex": (torchvision.models.alexnet, torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+             (2, 5, 8, 10, 12), (64, 192, 384, 256, 256), 31),
+    "vgg": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+            (4, 9, 16, 23, 30), (64, 128, 256, 512, 512), 16),
+}
+
+
+def default_lpips_heads_path(net: str) -> Optional[Path]:
+    """The linear heads shipped inside the `lpips` pip package (weights/v0.1/<net>.pth), if installed."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "weights" / "v0.1" / f"{net}.pth"
+
+
+def _features_only(build) -> nn.Sequential:
+    """The convolutional `.features` of a torchvision AlexNet/VGG16, randomly initialised.
+
+    The model is built on the meta device and only its features materialised: this skips
+    initialising the classifier (50M parameters for AlexNet, 120M for VGG16) that LPIPS throws away.
+    """
+    with torch.device("meta"):
+        features = build(weights=None).features
+    features = features.to_empty(device="cpu")
+    for module in features.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return features
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 distance (B,) between (B, 3, H, W) images in [0, 1]; lower is more similar.
+
+    heads_path: the lpips-package file (keys lin0.model.1.weight ... lin4.model.1.weight);
+    None looks inside an installed `lpips` package. backbone_path: a torchvision AlexNet/VGG16
+    state dict; None reads torchvision's cache. random_init=True reads no file at all: random
+    backbone and random non-negative heads, for tests only (the numbers mean nothing).
+    """
+
+    def __init__(self, net: str = "alex", heads_path=None, backbone_path=None, random_init: bool = False):
+        super().__init__()
+        if net not in LPIPS_NETS:
+            raise ValueError(f"unknown LPIPS net {net!r}; choices: {sorted(LPIPS_NETS)}")
+        build, weights, ends, channels, self.min_side = LPIPS_NETS[net]
+        # files first: a missing file fails in milliseconds, before any network is built
+        heads = None if random_init else self._read_heads(net, heads_path, channels)
+        backbone = None if random_init else self._read_backbone(weights, backbone_path)
+        features = _features_only(build)
+        if backbone is not None:
+            try:
+                features.load_state_dict(backbone)
+            except RuntimeError as exc:
+                raise ValueError(f"LPIPS backbone weights: keys or shapes do not match torchvision's "
+                                 f"{net} ({exc})") from exc
+        starts = (0,) + ends[:-1]
+        self.slices = nn.ModuleList(features[s:e] for s, e in zip(starts, ends))
+        self.heads = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in channels)
+        for head, weight in zip(self.heads, heads or [None] * len(channels)):
+            if weight is None:  # random, but non-negative like trained heads, so the distance is >= 0
+                nn.init.uniform_(head.weight, 0.0, 1.0 / head.in_channels)
+            else:
+                head.weight.data.copy_(weight)
+        # ScalingLayer constants of LPIPS v0.1: they map [-1, 1] inputs to ImageNet statistics
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.net = net
+        self.requires_grad_(False).eval()
+
+    @staticmethod
+    def _read_backbone(weights, backbone_path) -> dict:
+        what = "LPIPS backbone weights"
+        state = (_load_state(backbone_path, what) if backbone_path is not None
+                 else _cached_torchvision_state(weights, what, "--lpips-backbone"))
+        # a whole-model torchvision file has 'features.0.weight'; a features-only file '0.weight'
+        if any(k.startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        return state
+
+    @staticmethod
+    def _read_heads(net: str, heads_path, channels) -> list:
+        path = heads_path if heads_path is not None else default_lpips_heads_path(net)
+        if path is None:
+            raise FileNotFoundError(f"LPIPS linear heads not found (no lpips package installed); pass "
+                                    f"--lpips-weights PATH to weights/v0.1/{net}.pth of the lpips package")
+        state = _load_state(path, "LPIPS linear heads")
+        weights = []
+        for k, ch in enumerate(channels):
+            key = f"lin{k}.model.1.weight"  # lpips's NetLinLayer: Sequential(Dropout, Conv2d)
+            if key not in state or tuple(state[key].shape) != (1, ch, 1, 1):
+                raise ValueError(f"LPIPS linear heads: {path} lacks {key} of shape (1, {ch}, 1, 1) "
+                                 f"(is it the {net!r} file?); keys: {sorted(state)[:6]}")
+            weights.append(state[key])
+        return weights
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if min(a.shape[-2:]) < self.min_side:
+            raise ValueError(f"LPIPS ({self.net}) needs images of at least {self.min_side}x{self.min_side}, "
+                             f"got {tuple(a.shape[-2:])}")
+        b_size = a.shape[0]
+        x = torch.cat([a, b]) * 2 - 1  # (2B, 3, H, W) in [-1, 1], the range LPIPS expects
+        x = (x - self.shift) / self.scale
+        total = a.new_zeros(b_size)
+        for block, head in zip(self.slices, self.heads):
+            x = block(x)  # (2B, C_l, H_l, W_l)
+            unit = x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)  # unit length along C
+            diff = (unit[:b_size] - unit[b_size:]) ** 2  # (B, C_l, H_l, W_l)
+            total = total + head(diff).mean(dim=(1, 2, 3))  # (B,)
+        return total
+
+
+# ----------------------------------------------------------------------------- Inception (FID)
+
+class _TFPoolBranch(nn.Module):
+    """An Inception block with its pooling branch computed as the TF FID network computes it.
+
+    The TF Inception graph behind the published FID (pytorch-fid's pt_inception-2015-12-05) differs
+    from torchvision's blocks in one place: the pool branch averages without counting the zero
+    padding, and in the last block (Mixed_7c) it max-pools. The pool branch is the last
+    `branch_pool.conv.out_channels` output channels in every block, so those are recomputed.
+    """
+
+    def __init__(self, block: nn.Module, max_pool: bool):
+        super().__init__()
+        self.block, self.max_pool = block, max_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)  # (B, C_out, H, W)
+        k = self.block.branch_pool.conv.out_channels
+        pooled = (F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool
+                  else F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return torch.cat([out[:, :-k], self.block.branch_pool(pooled)], dim=1)  # (B, C_out, H, W)
+
+
+class InceptionFeatures(nn.Module):
+    """InceptionV3 2048-d pool features (B, 2048) of (B, 3, H, W) images in [0, 1].
+
+    weights_path: a local state dict, either torchvision's inception_v3 file or pytorch-fid's
+    pt_inception-2015-12-05 (told apart by its 1008-class fc, and then run with the TF pooling).
+    None reads torchvision's cache. note: torchvision's weights differ slightly from the TF
+    weights the published FIDs use, so only FIDs from the pytorch-fid file compare with papers.
+    random_init=True reads no file (tests only; the numbers mean nothing).
+    """
+
+    def __init__(self, weights_path=None, random_init: bool = False, input_size: int = 299):
+        super().__init__()
+        what = "FID Inception weights"
+        state = None  # files first: a missing file fails before the network is built
+        if not random_init:
+            state = (_load_state(weights_path, what) if weights_path is not None else _cached_torchvision_state(
+                torchvision.models.Inception_V3_Weights.IMAGENET1K_V1, what, "--fid-weights"))
+        # init_weights=False skips torchvision's slow truncated-normal init; weights follow anyway
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, transform_input=False,
+                                              init_weights=False)
+        net.fc = nn.Identity()  # keep the 2048-d pool features, drop the classifier
+        self.kind = "random (meaningless)" if random_init else self._load(net, state)
+        self.net, self.input_size = net, input_size
+        self.requires_grad_(False).eval()
+
+    @staticmethod
+    def _load(net: nn.Module, state: dict) -> str:
+        """Load a torchvision or pytorch-fid state dict into net; returns which kind it was."""
+        what = "FID Inception weights"
+        fc = state.get("fc.weight")
+        is_tf_fid = fc is not None and fc.shape[0] == 1008  # the TF graph has 1008 classes
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{what}: keys or shapes do not match InceptionV3 ({exc})") from exc
+        if not is_tf_fid:
+            return "torchvision"
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                     "Mixed_6e", "Mixed_7b", "Mixed_7c"):
+            setattr(net, name, _TFPoolBranch(getattr(net, name), max_pool=name == "Mixed_7c"))
+        return "pytorch-fid (TF Inception 2015-12-05)"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # the FID convention: bilinear resize to 299x299 (aspect ratio not kept), then [-1, 1]
+        x = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                          align_corners=False)  # (B, 3, 299, 299)
+        return self.net(x * 2 - 1)  # (B, 2048)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass
+class EvalConfig:
+    """Every flag of the CLI (one field, one flag)."""
+    generated: Optional[str] = field(default=None, metadata={"help": "folder of generated images"})
+    real: Optional[str] = field(default=None, metadata={"help": "folder of ground-truth images"})
+    size: str = field(default="256x176", metadata={"help": "evaluation size HxW (256x176, 512x352)"})
+    out: str = field(default="runs/evaluate.json", metadata={"help": "JSON file written"})
+    batch_size: int = field(default=16, metadata={"help": "images per batch"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, ...; auto picks cuda if present"})
+    lpips_net: str = field(default="alex", metadata={"help": "LPIPS backbone", "choices": ["alex", "vgg"]})
+    lpips_weights: Optional[str] = field(default=None, metadata={"help": "LPIPS heads (lpips format)"})
+    lpips_backbone: Optional[str] = field(default=None, metadata={"help": "torchvision AlexNet/VGG16 file"})
+    fid_weights: Optional[str] = field(default=None, metadata={
+        "help": "InceptionV3 file: torchvision's or pytorch-fid's pt_inception-2015-12-05"})
+    fid_ref: Optional[str] = field(default=None, metadata={
+        "help": "folder (e.g. the train set) or .npz with mu, sigma: also report FID against it"})
+    baselines: bool = field(default=False, metadata={"help": "add the copy-source / mean-image rows"})
+    data: Optional[str] = field(default=None, metadata={"help": "dataset root for --baselines"})
+    split: str = field(default="test", metadata={"help": "split scored by --baselines"})
+    mean_images: int = field(default=0, metadata={"help": "train images in the mean image (0 = all)"})
+    max_pairs: int = field(default=0, metadata={
+        "help": "score only the first N pairs (0 = all): a quick look, not a paper number"})
+    random_init_for_testing: bool = field(default=False, metadata={
+        "help": "LPIPS/FID from untrained random networks: exercises the code, numbers are meaningless"})
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x176' -> (256, 176): height x width."""
+    if text in SIZE_PRESETS:
+        return SIZE_PRESETS[text]
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--size: expected HxW such as 256x176, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+class Metrics:
+    """The networks of one evaluation run, the notes on what was left out, and a feature cache."""
+
+    def __init__(self, lpips: Optional[LPIPS] = None, inception: Optional[InceptionFeatures] = None,
+                 notes: Optional[list] = None, device="cpu"):
+        self.device = torch.device(device)
+        self.lpips = lpips.to(self.device) if lpips is not None else None
+        self.inception = inception.to(self.device) if inception is not None else None
+        self.notes = list(notes or [])
+        self.feature_cache: dict[str, torch.Tensor] = {}  # real path -> (2048,) feature, across rows
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inception(images.to(self.device)).double().cpu()  # (B, 2048)
+
+
+def _optional(build, explicit: bool, name: str, notes: list):
+    """Build a metric network; a missing default file becomes a note, a missing named file an error."""
+    try:
+        return build()
+    except FileNotFoundError as exc:
+        if explicit:
+            raise
+        notes.append(f"{name} left out: {exc}")
+        return None
+
+
+def build_metrics(cfg: EvalConfig) -> Metrics:
+    """LPIPS and Inception networks per the config, or notes saying why a metric is left out."""
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    notes = []
+    if cfg.random_init_for_testing:
+        notes.append("--random-init-for-testing: LPIPS and FID come from untrained networks; "
+                     "their numbers mean nothing")
+    lpips = _optional(lambda: LPIPS(cfg.lpips_net, cfg.lpips_weights, cfg.lpips_backbone,
+                                    random_init=cfg.random_init_for_testing),
+                      cfg.lpips_weights is not None or cfg.lpips_backbone is not None, "LPIPS", notes)
+    inception = _optional(lambda: InceptionFeatures(cfg.fid_weights, cfg.random_init_for_testing),
+                          cfg.fid_weights is not None, "FID", notes)
+    if inception is not None and inception.kind == "torchvision":
+        notes.append("FID uses torchvision's InceptionV3 weights, which differ slightly from the TF "
+                     "weights of published FIDs; pass pytorch-fid's file with --fid-weights to compare")
+    return Metrics(lpips, inception, notes, device)
+
+
+# ----------------------------------------------------------------------------- files on disk
+
+def list_images(folder, what: str) -> list[Path]:
+    """Sorted image files directly inside folder; a missing or empty folder is a clear error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def target_stem(file_name: str) -> str:
+    """The ground-truth stem a generated file is scored against (CONTRACT.md naming)."""
+    stem = Path(file_name).stem
+    return stem.rsplit(NAME_SEPARATOR, 1)[1] if NAME_SEPARATOR in stem else stem
+
+
+def match_files(generated_dir, real_dir) -> list[tuple[Path, Path]]:
+    """(generated, real) path pairs. Extra real files are fine (the real folder holds the whole
+    test set); a generated file without its ground truth is an error listing a few names."""
+    real = {}
+    for p in list_images(real_dir, "real"):
+        if p.stem in real:
+            raise ValueError(f"real folder {real_dir} holds two images with stem {p.stem!r}: "
+                             f"{real[p.stem].name} and {p.name}")
+        real[p.stem] = p
+    generated = list_images(generated_dir, "generated")
+    pairs = [(g, real[target_stem(g.name)]) for g in generated if target_stem(g.name) in real]
+    if len(pairs) < len(generated):
+        missing = [g.name for g in generated if target_stem(g.name) not in real]
+        raise ValueError(
+            f"{len(missing)} of {len(generated)} generated images have no ground truth in {real_dir} "
+            f"(e.g. {', '.join(missing[:3])}); '{{source}}{NAME_SEPARATOR}{{target}}.png' needs a real "
+            f"image named '{{target}}.<ext>'")
+    return pairs
+
+
+def load_image(path, size: tuple[int, int]) -> torch.Tensor:
+    """An image file as (3, H, W) float in [0, 1] at the evaluation size (bicubic, antialiased).
+    note: generated files from sample.py already have the photo's aspect ratio, never square."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H0, W0, 3)
+    img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255  # (3, H0, W0)
+    h0, w0 = img.shape[-2:]
+    if h0 == w0 and size[0] != size[1]:
+        # a square file is a padded copy of the portrait photo (data.py reads it the same way):
+        # keep the central person crop instead of squashing the padding into the frame
+        keep = round(w0 * size[1] / size[0])
+        img = img[:, :, (w0 - keep) // 2:(w0 - keep) // 2 + keep]  # (3, H0, keep)
+    if tuple(img.shape[-2:]) != tuple(size):
+        # note: bicubic overshoots past [0, 1] near edges; clamp so SSIM/PSNR see valid images
+        img = resize_for_eval(img[None], size)[0].clamp(0, 1)  # (3, H, W)
+    return img
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def _batches(pairs, size, batch_size, generated_image=None):
+    """Yield (generated (B, 3, H, W), real (B, 3, H, W), real keys) over (gen path, real path) pairs."""
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        real = torch.stack([load_image(r, size) for _, r in chunk])  # (B, 3, H, W)
+        if generated_image is None:
+            gen = torch.stack([load_image(g, size) for g, _ in chunk])  # (B, 3, H, W)
+        else:
+            gen = generated_image.expand(len(chunk), -1, -1, -1)  # (B, 3, H, W), one image repeated
+        yield gen, real, [str(r) for _, r in chunk]
+
+
+def _fid_entries(metrics: Metrics, gen_feats, real_keys, ref_stats) -> dict:
+    """{'fid': vs the matched real images, 'fid_ref': vs the reference set} where computable."""
+    real_feats = torch.stack([metrics.feature_cache[k] for k in real_keys])  # (N_real, 2048)
+    if gen_feats.shape[0] < 2 or real_feats.shape[0] < 2:
+        metrics.note("FID left out: it needs at least 2 generated and 2 real images")
+        return {}
+    row = {"fid": frechet_distance_to_features(gen_feats, *feature_stats(real_feats))}
+    if ref_stats is not None:
+        row["fid_ref"] = frechet_distance_to_features(gen_feats, *ref_stats)
+    return row
+
+
+def _cache_real_features(metrics: Metrics, real: torch.Tensor, keys: list) -> None:
+    """Inception features of the real images (B, 3, H, W) not cached yet, once per key (a target
+    can repeat within a batch and across rows)."""
+    new = {}  # key -> its first index in this batch
+    for i, key in enumerate(keys):
+        if key not in metrics.feature_cache:
+            new.setdefault(key, i)
+    if new:
+        feats = metrics.features(real[list(new.values())])  # (B_new, 2048)
+        metrics.feature_cache.update(zip(new, feats))
+
+
+@torch.no_grad()
+def score_pairs(pairs, metrics: Metrics, size=(256, 176), batch_size=16, generated_image=None,
+                ref_stats=None, desc="scoring") -> dict:
+    """Metrics dict of generated images scored against their ground truth.
+
+    pairs: [(generated path or None, real path)]; generated_image (3, H, W) in [0, 1] replaces
+    every generated file (the mean-image baseline). Real Inception features are cached by path.
+    """
+    per_image = {"ssim": [], "psnr": [], "lpips": []}
+    gen_feats = []
+    n_batches = math.ceil(len(pairs) / batch_size)
+    for gen, real, keys in tqdm(_batches(pairs, size, batch_size, generated_image), total=n_batches,
+                                desc=desc, leave=False):
+        gen, real = gen.to(metrics.device), real.to(metrics.device)
+        per_image["ssim"].append(ssim(gen, real).cpu())
+        per_image["psnr"].append(psnr(gen, real).cpu())
+        if metrics.lpips is not None:
+            per_image["lpips"].append(metrics.lpips(gen, real).cpu())
+        if metrics.inception is not None:
+            _cache_real_features(metrics, real, keys)
+            if generated_image is None:
+                gen_feats.append(metrics.features(gen))
+    row = {"n_images": len(pairs)}
+    row.update({k: float(torch.cat(v).double().mean()) for k, v in per_image.items() if v})
+    if metrics.inception is not None:
+        if generated_image is not None:  # one image: one forward, repeated
+            gen_feats = [metrics.features(generated_image[None]).expand(len(pairs), -1)]
+        unique_real = list(dict.fromkeys(str(r) for _, r in pairs))
+        row.update(_fid_entries(metrics, torch.cat(gen_feats), unique_real, ref_stats))
+    return row
+
+
+def score_folders(generated, real, metrics: Metrics, size=(256, 176), batch_size=16,
+                  ref_stats=None, max_pairs: int = 0) -> dict:
+    """Match a generated folder to a real folder by name and score it (see score_pairs);
+    max_pairs > 0 keeps the first max_pairs matches in name order."""
+    pairs = match_files(generated, real)
+    pairs = pairs[:max_pairs] if max_pairs > 0 else pairs
+    return score_pairs(pairs, metrics, size, batch_size, ref_stats=ref_stats, desc=Path(generated).name)
+
+
+@torch.no_grad()
+def reference_stats(path, metrics: Metrics, size=(256, 176), batch_size=16):
+    """(mu, sigma) of a reference set: a folder of images, or an .npz with 'mu' and 'sigma'
+    (pytorch-fid's --save-stats format)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"--fid-ref: file not found: {path}")
+        with np.load(path) as stats:
+            if "mu" not in stats or "sigma" not in stats:
+                raise ValueError(f"--fid-ref: {path} needs arrays 'mu' and 'sigma', has {list(stats)}")
+            return torch.from_numpy(stats["mu"]).double(), torch.from_numpy(stats["sigma"]).double()
+    files = list_images(path, "--fid-ref")
+    feats = []
+    for i in tqdm(range(0, len(files), batch_size), desc="fid-ref", leave=False):
+        feats.append(metrics.features(torch.stack([load_image(f, size) for f in files[i:i + batch_size]])))
+    return feature_stats(torch.cat(feats))  # (D,), (D, D)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def mean_training_image(root, size=(256, 176), max_images: int = 0) -> torch.Tensor:
+    """The pixel-wise mean (3, H, W) in [0, 1] of the distinct train images (at the eval size).
+    max_images > 0 averages that many, evenly spaced over the sorted names."""
+    train = PairDataset(root, "train", size[0])
+    names = sorted({name for pair in train.pairs for name in pair})
+    if max_images > 0 and len(names) > max_images:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
+    total = torch.zeros(3, *size, dtype=torch.float64)
+    for name in tqdm(names, desc="mean train image", leave=False):
+        total += load_image(train.image_path(name), size).double()
+    return (total / len(names)).float()  # (3, H, W)
+
+
+def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch_size=16,
+                    ref_stats=None, mean_images: int = 0, max_pairs: int = 0) -> dict:
+    """Rows for two trivial generators scored against the split's ground-truth targets:
+    'copy source' outputs the source photo unchanged (right person and clothes, wrong pose);
+    'mean train image' outputs one blurry average person whatever the inputs.
+    max_pairs > 0 keeps the split's first max_pairs pairs."""
+    dataset = PairDataset(root, split, size[0])
+    pairs = [(dataset.image_path(s), dataset.image_path(t)) for s, t in dataset.pairs]
+    pairs = pairs[:max_pairs] if max_pairs > 0 else pairs
+    if not pairs:
+        raise ValueError(f"--baselines: split {split!r} of {root} has no pairs")
+    rows = {"baseline: copy source": score_pairs(pairs, metrics, size, batch_size, ref_stats=ref_stats,
+                                                 desc="copy source")}
+    mean = mean_training_image(root, size, mean_images)
+    rows["baseline: mean train image"] = score_pairs(
+        [(None, t) for _, t in pairs], metrics, size, batch_size, generated_image=mean,
+        ref_stats=ref_stats, desc="mean image")
+    return rows
+
+
+# ----------------------------------------------------------------------------- table and CLI
+
+# (key in a row, header, format); extend this list (or pass columns=) for new metrics
+TABLE_COLUMNS = [("n_images", "N", "{:d}"), ("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"),
+                 ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"), ("fid_ref", "FID-ref", "{:.2f}")]
+
+
+def print_table(rows: dict, columns=None, file=None) -> None:
+    """Print {row name: metrics dict} as a fixed-width table; columns no row has are skipped."""
+    columns = [c for c in (columns or TABLE_COLUMNS) if any(c[0] in row for row in rows.values())]
+    cells = [["", *[header for _, header, _ in columns]]]
+    for name, row in rows.items():
+        cells.append([name, *[fmt.format(row[k]) if k in row else "-" for k, _, fmt in columns]])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    for line in cells:
+        print("  ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]),
+              file=file)
+    print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID", file=file)
+
+
+def _check_request(cfg: EvalConfig) -> None:
+    """Fail on a malformed request in a second, before any network loads."""
+    if cfg.generated is None and not cfg.baselines:
+        raise ValueError("nothing to score: pass --generated DIR --real DIR and/or --baselines --data ROOT")
+    if cfg.generated is not None and cfg.real is None:
+        raise ValueError("--generated needs --real (the folder of ground-truth images)")
+    if cfg.baselines and cfg.data is None:
+        raise ValueError("--baselines needs --data ROOT (the dataset whose test pairs are scored)")
+    if cfg.generated is not None:
+        match_files(cfg.generated, cfg.real)
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Score what the config names, print notes and the table, write the JSON; returns the JSON dict."""
+    size = parse_size(cfg.size)
+    _check_request(cfg)
+    metrics = build_metrics(cfg)
+    for line in metrics.notes:  # what is left out, said before minutes of scoring
+        print(f"note: {line}")
+    n_said = len(metrics.notes)
+    ref_stats = None
+    if cfg.fid_ref is not None and metrics.inception is not None:
+        ref_stats = reference_stats(cfg.fid_ref, metrics, size, cfg.batch_size)
+    rows = {}
+    if cfg.generated is not None:
+        name = Path(cfg.generated).resolve().name
+        rows[name] = score_folders(cfg.generated, cfg.real, metrics, size, cfg.batch_size, ref_stats,
+                                   cfg.max_pairs)
+    if cfg.baselines:
+        rows.update(score_baselines(cfg.data, metrics, cfg.split, size, cfg.batch_size, ref_stats,
+                                    cfg.mean_images, cfg.max_pairs))
+    for line in metrics.notes[n_said:]:
+        print(f"note: {line}")
+    print_table(rows)
+    result = {"size": list(size), "rows": rows, "notes": metrics.notes, "config": dataclasses.asdict(cfg),
+              "lpips_net": cfg.lpips_net if metrics.lpips is not None else None,
+              "fid_network": metrics.inception.kind if metrics.inception is not None else None}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per EvalConfig field: bools are switches, ints typed, the rest strings."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = int if isinstance(f.default, int) else str
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"],
+                                choices=f.metadata.get("choices"))
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(EvalConfig(**vars(args)))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
