@@ -1,0 +1,611 @@
+"""The conditional latent UNet that FPDM and RPFM share.
+
+One network predicts a latent-sized output (noise for diffusion, velocity for flow matching)
+from a noisy latent x_t, a time t, and three conditions:
+
+- the target pose, a pixel-size pose map, encoded by `PoseEncoder` (ControlNet-style strided
+  convs) and added to the output of the UNet's first conv, as FPDM does;
+- the source image, turned once into tokens by `SourceEncoder` (a small conv encoder for the
+  CPU presets, or a timm DINOv2 ViT) and read by cross-attention in every transformer block;
+- FPDM's global fusion embedding, passed through an MLP and added to the time embedding.
+
+The network itself is the latent-diffusion UNet: ResNet blocks that take the time (+ global)
+embedding as a GroupNorm scale and shift (AdaGN), transformer blocks with self-attention,
+cross-attention and a GEGLU feed-forward, a down path and an up path joined by skips.
+A dropped condition is a zero tensor (None means zeros), so training-time dropping and
+classifier-free guidance see exactly the same inputs. The network holds no noise schedule.
+
+Papers:
+  Rombach et al. 2022, latent diffusion / Stable Diffusion UNet      arXiv:2112.10752
+  Dhariwal & Nichol 2021, AdaGN (time as scale and shift)            arXiv:2105.05233
+  Zhang et al. 2023, ControlNet (zero-initialised condition convs)   arXiv:2302.05543
+  Oquab et al. 2023, DINOv2 (source-image ViT)                       arXiv:2304.07193
+  Shazeer 2020, GEGLU feed-forward                                   arXiv:2002.05202
+  Lee et al. 2024, FPDM (fusion embedding + pose-guided diffusion)   arXiv:2412.07333
+
+Run:  python unet.py [--time tiny --threads 2]    (parameter counts; time a CPU training step)
+Test: python -m pytest -q tests/test_unet.py
+Use:  model = UNet("tiny"); out = model(**model.example_inputs())
+
+Shape letters: B batch, C channels (latent channels for x_t), S pixel size of the source image
+and pose map (square), P pose channels, h w latent height and width, N source tokens,
+D context (token) width, F fusion width, E embedding width (4 x model_channels).
+"""
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class UNetConfig:
+    image_size: int = 64                 # S: pixel size of the source image and pose map
+    latent_size: int = 16                # h = w of the latents the UNet denoises
+    latent_channels: int = 4
+    pose_channels: int = 3               # 3 for the RGB skeleton, 3 + 18 with heatmaps
+    fusion_dim: int = 128                # F; train.py sets it from the fusion model's embed_dim; 0 = no fusion input
+    context_dim: int = 128               # D: width of the source tokens cross-attention reads
+    model_channels: int = 32             # width of the first level
+    channel_mult: tuple = (1, 1, 2, 4)   # width multiplier per level; one 2x downsample between levels
+    num_res_blocks: int = 1              # ResNet blocks per level on the way down (one more on the way up)
+    attention_levels: tuple = (1, 2, 3)  # levels (0 = full latent size) that get transformer blocks
+    head_dim: int = 32                   # attention heads = channels // head_dim
+    transformer_depth: int = 1
+    ff_mult: int = 2                     # feed-forward hidden width = ff_mult x channels
+    pose_widths: tuple = (8, 16, 32)     # PoseEncoder widths; len - 1 stride-2 steps = log2(S / h)
+    source_encoder: str = "conv"         # "conv", or a timm ViT name such as "vit_small_patch14_dinov2.lvd142m"
+    source_pretrained: bool = False      # timm ViT only: load pretrained weights (HF hub, or source_checkpoint)
+    source_checkpoint: str = ""          # timm ViT only: a local weight file, used instead of the hub
+    source_image_size: int = 0           # size the source encoder sees; 0 = image_size (kept 0, so
+                                         # dataclasses.replace(cfg, image_size=...) carries it along)
+    source_widths: tuple = (8, 16, 32, 64)  # conv encoder: a stem, then one stride-2 stage per further width
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        # note: a config rebuilt from JSON carries lists; tuples keep the dataclass hashable and equal
+        for name in ("channel_mult", "attention_levels", "pose_widths", "source_widths"):
+            setattr(self, name, tuple(getattr(self, name)))
+        self._validate()
+
+    def _validate(self):
+        steps = len(self.pose_widths) - 1
+        if self.image_size != self.latent_size * 2 ** steps:
+            raise ValueError(f"UNetConfig: image_size {self.image_size} must be latent_size {self.latent_size} "
+                             f"x 2**(len(pose_widths) - 1) = x {2 ** steps}; adjust pose_widths")
+        if self.latent_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"UNetConfig: latent_size {self.latent_size} must be divisible by "
+                             f"2**(len(channel_mult) - 1) = {2 ** (len(self.channel_mult) - 1)}")
+        for level in self.attention_levels:
+            if not 0 <= level < len(self.channel_mult):
+                raise ValueError(f"UNetConfig: attention level {level} outside 0..{len(self.channel_mult) - 1}")
+        # the middle block always has attention, at the last level's width
+        levels = sorted(set(self.attention_levels) | {len(self.channel_mult) - 1})
+        widths = [self.model_channels * self.channel_mult[level] for level in levels]
+        if any(w % self.head_dim for w in widths):
+            raise ValueError(f"UNetConfig: attention widths {widths} (levels {levels}) must be divisible by "
+                             f"head_dim {self.head_dim}")
+        factor = 2 ** (len(self.source_widths) - 1)
+        if self.source_encoder == "conv" and (self.source_image_size or self.image_size) % factor:
+            raise ValueError(f"UNetConfig: source image size {self.source_image_size or self.image_size} must be "
+                             f"divisible by 2**(len(source_widths) - 1) = {factor}")
+
+
+PRESETS = {
+    # 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4): trains in a few minutes. Narrow
+    # (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
+    # where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
+    "tiny": UNetConfig(
+        image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
+        channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
+        pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64)),
+    # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.
+    "small": UNetConfig(
+        image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,
+        channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), head_dim=32, ff_mult=4,
+        pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128)),
+    # 256 px on one GPU, latent 32x32x4 (SD VAE, downsample 8), SD-like widths 320/640/1280/1280,
+    # attention at the three finest levels like SD; source tokens from DINOv2 ViT-B/14 at 224 px
+    # (16 x 16 patches + 1 class token = 257 tokens), random init unless source_pretrained.
+    "base": UNetConfig(
+        image_size=256, latent_size=32, fusion_dim=768, context_dim=768, model_channels=320,
+        channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2), head_dim=64, ff_mult=4,
+        pose_widths=(16, 32, 96, 256), source_encoder="vit_base_patch14_dinov2.lvd142m",
+        source_image_size=224, dropout=0.0),
+}
+
+
+def make_config(config) -> UNetConfig:
+    """A preset name, a UNetConfig, or a dict of its fields (e.g. from a checkpoint) -> UNetConfig."""
+    if isinstance(config, UNetConfig):
+        return config
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown UNet preset {config!r}; choices: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[config])  # a copy, so callers may edit it
+    if isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(UNetConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"UNet config has unknown fields {unknown}; expected some of {sorted(known)}")
+        return UNetConfig(**config)
+    raise ValueError(f"UNet config must be a preset name, UNetConfig or dict, got {type(config).__name__}")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Set every parameter of a layer to zero (see the callers for why) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    # 32 groups as in the LDM UNet; gcd keeps narrow CPU widths (e.g. 48) valid
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of a float time in [0, 1000]: (B,) -> (B, dim).
+
+    The fastest frequency turns one radian per unit of t (so neighbouring diffusion steps
+    differ) and the slowest 1 / max_period (so the whole [0, 1000] range stays distinguishable).
+    Computed in float32 even under autocast: bf16 cannot resolve t * freq near 1000.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (B, dim/2)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice; the embedding enters as a scale and shift of the second norm (AdaGN)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        # zero-init (LDM): the block starts as the identity, so the deep UNet behaves like a
+        # shallow one at init and trains stably; gradients still reach conv2 itself at once
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, h, w)
+        emb_out = rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")  # (B, 2 C_out, 1, 1)
+        scale, shift = emb_out.chunk(2, dim=1)  # each (B, C_out, 1, 1)
+        # (1 + scale): a zero embedding leaves the normalised features unchanged
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention of x over a context (self-attention when context is x)."""
+
+    def __init__(self, dim: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.heads = dim // head_dim
+        # no biases on q, k, v (as in SD): a zero context then gives zero keys and values
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)  # (B, heads, L, d)
+        k = rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.heads)  # (B, heads, N, d)
+        v = rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.heads)  # (B, heads, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))  # (B, L, dim)
+
+
+class GEGLU(nn.Module):
+    """Feed-forward with a GELU-gated linear unit: half of the projection gates the other half."""
+
+    def __init__(self, dim: int, mult: int, dropout: float):
+        super().__init__()
+        self.proj_in = nn.Linear(dim, 2 * mult * dim)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj_in(x).chunk(2, dim=-1)  # each (B, L, mult * dim)
+        return self.proj_out(self.dropout(value * F.gelu(gate)))  # (B, L, dim)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to the source tokens, feed-forward."""
+
+    def __init__(self, dim: int, context_dim: int, head_dim: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, dim, head_dim)
+        self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, context_dim, head_dim)
+        self.norm3, self.ff = nn.LayerNorm(dim), GEGLU(dim, ff_mult, dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h)  # (B, L, dim)
+        # the appearance transfer: every latent position looks up the source tokens
+        x = x + self.cross_attn(self.norm2(x), context)  # (B, L, dim)
+        return x + self.ff(self.norm3(x))  # (B, L, dim)
+
+
+class SpatialTransformer(nn.Module):
+    """Feature map -> tokens -> transformer blocks -> feature map, added back as a residual."""
+
+    def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.proj_in = nn.Linear(channels, channels)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(channels, context_dim, cfg.head_dim, cfg.ff_mult, cfg.dropout)
+            for _ in range(cfg.transformer_depth))
+        # zero-init (LDM): the block starts as the identity, like the ResBlocks
+        self.proj_out = zero_init(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        tokens = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))  # (B, hw, C)
+        for block in self.blocks:
+            tokens = block(tokens, context)  # (B, hw, C)
+        tokens = self.proj_out(tokens)  # (B, hw, C)
+        return x + rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, C, h, w)
+
+
+class Level(nn.Module):
+    """One step of either path: a ResBlock, an optional SpatialTransformer, an optional upsample."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, attention: bool, upsample: bool, cfg: UNetConfig):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
+        self.attn = SpatialTransformer(out_ch, cfg.context_dim, cfg) if attention else None
+        self.upsample = Upsample(out_ch) if upsample else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        if self.attn is not None:  # fixed at construction: no data-dependent control flow
+            x = self.attn(x, context)
+        if self.upsample is not None:
+            x = self.upsample(x)  # (B, C, 2h, 2w)
+        return x
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv; takes (and ignores) emb and context so the down path is one loop."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C, h/2, w/2)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x then a 3x3 conv (no transposed conv, which leaves checkerboard artefacts)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2h, 2w)
+
+
+# ----------------------------------------------------------------------------- condition encoders
+
+class PoseEncoder(nn.Module):
+    """Pixel-size pose map (B, P, S, S) -> features (B, model_channels, h, w), ControlNet-style.
+
+    3x3 convs with SiLU and one stride-2 conv per factor of 2 between S and h. The last conv is
+    zero-initialised (ControlNet's "zero convolution"): at the first step the branch adds
+    exactly zero to the UNet's first feature map, so random pose features do not disturb the
+    denoiser while it learns the basics (and a pretrained UNet would keep its behaviour), yet
+    the zero conv's own weights get a gradient at once because its input is not zero; once
+    they move, the earlier pose layers receive gradients too.
+    """
+
+    def __init__(self, pose_channels: int, widths: tuple, out_channels: int):
+        super().__init__()
+        layers = [nn.Conv2d(pose_channels, widths[0], 3, padding=1), nn.SiLU()]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            # halve the size first, so the extra conv runs on 4x fewer pixels
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU(),
+                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.out = zero_init(nn.Conv2d(widths[-1], out_channels, 3, padding=1))
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(pose))  # (B, out_channels, h, w)
+
+
+class ConvTokenizer(nn.Module):
+    """Small conv encoder for the CPU presets: image (B, 3, S, S) -> tokens (B, N, W).
+
+    A stem conv, then one stride-2 stage per further width; the grid is flattened into
+    N = (S / 2**(len(widths) - 1))**2 tokens of width W = widths[-1]. A learned position
+    embedding is added because attention is blind to token order: without it a target
+    position could not ask for "the source's left sleeve", only for a colour.
+    """
+
+    def __init__(self, widths: tuple, image_size: int):
+        super().__init__()
+        layers = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                       group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+        self.num_tokens = (image_size // 2 ** (len(widths) - 1)) ** 2
+        self.pos = nn.Parameter(torch.randn(1, self.num_tokens, widths[-1]) * 0.02)
+        self.norm = nn.LayerNorm(widths[-1])
+        self.width = widths[-1]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tokens = rearrange(self.body(image), "b c h w -> b (h w) c")  # (B, N, W)
+        return self.norm(tokens + self.pos)  # (B, N, W)
+
+
+def create_timm_vit(name: str, image_size: int, pretrained: bool, checkpoint: str) -> nn.Module:
+    """A timm ViT without its classifier head. Weights: random (default), the HF hub, or a local file.
+
+    note: timm's pretrained=True downloads from the Hugging Face hub, which needs the internet;
+    a local file is loaded through pretrained_cfg_overlay=dict(file=PATH), which also resizes
+    the position embedding to image_size. Failures become one clear ValueError.
+    """
+    import timm  # imported here so the CPU presets do not need timm
+
+    kwargs = dict(num_classes=0, img_size=image_size)
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"source encoder checkpoint {checkpoint} (config source_checkpoint) not found")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint))
+        pretrained = True
+    if not timm.is_model(name):
+        raise ValueError(f"config source_encoder {name!r} is neither 'conv' nor a timm model name")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:  # download / file-format errors arrive as many different types
+        where = checkpoint or "the Hugging Face hub (needs the internet)"
+        raise ValueError(f"could not load pretrained weights for {name} from {where}: {err}; "
+                         "set source_checkpoint=PATH to a local weight file, or source_pretrained=False") from err
+
+
+class SourceEncoder(nn.Module):
+    """Source image (B, 3, S, S) in [-1, 1] -> tokens (B, N, D) for cross-attention.
+
+    Either the small `ConvTokenizer` ("conv") or a timm ViT by name (DINOv2 for the base preset,
+    whose forward_features gives the class token and one token per patch); a Linear maps the
+    backbone width to context_dim D. It is a trainable submodule of the UNet, called once per
+    source image so that streaming can reuse the tokens for every frame.
+    """
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.image_size = cfg.source_image_size or cfg.image_size
+        self.is_vit = cfg.source_encoder != "conv"
+        if self.is_vit:
+            self.backbone = create_timm_vit(cfg.source_encoder, self.image_size, cfg.source_pretrained,
+                                            cfg.source_checkpoint)
+            self.num_tokens = self.backbone.patch_embed.num_patches + self.backbone.num_prefix_tokens
+            width = self.backbone.num_features
+            # the ViT expects images normalised like its pretraining data (ImageNet statistics)
+            stats = self.backbone.pretrained_cfg
+            self.register_buffer("mean", torch.tensor(stats["mean"]).view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+            self.register_buffer("std", torch.tensor(stats["std"]).view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+        else:
+            self.backbone = ConvTokenizer(cfg.source_widths, self.image_size)
+            self.num_tokens, width = self.backbone.num_tokens, self.backbone.width
+        self.proj = nn.Linear(width, cfg.context_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            image = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear",
+                                  antialias=True, align_corners=False)  # (B, 3, S', S')
+        if self.is_vit:
+            image = ((image + 1) / 2 - self.mean) / self.std  # [-1, 1] -> ImageNet-normalised
+            tokens = self.backbone.forward_features(image)  # (B, N, W)
+        else:
+            tokens = self.backbone(image)  # (B, N, W)
+        return self.proj(tokens)  # (B, N, D)
+
+
+# ----------------------------------------------------------------------------- the UNet
+
+class UNet(nn.Module):
+    """Conditional latent UNet: forward(x_t, t, pose, src_tokens, fusion) -> (B, C, h, w)."""
+
+    def __init__(self, config="tiny"):
+        super().__init__()
+        cfg = self.config = make_config(config)
+        mc = cfg.model_channels
+        emb_dim = 4 * mc  # the LDM choice: the embedding is wider than the first level
+        self.time_mlp = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # the global (fusion) embedding joins the time embedding, so it reaches every ResBlock
+        self.fusion_mlp = (nn.Sequential(nn.Linear(cfg.fusion_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                           if cfg.fusion_dim > 0 else None)
+        self.source_encoder = SourceEncoder(cfg)
+        self.num_source_tokens = self.source_encoder.num_tokens
+        self.pose_encoder = PoseEncoder(cfg.pose_channels, cfg.pose_widths, mc)
+        self.conv_in = nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)
+        self.down, skip_channels = self._build_down(emb_dim)
+        ch = skip_channels[-1]
+        # the middle always attends: at the coarsest level every position sees the whole body
+        self.mid_res1 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid_attn = SpatialTransformer(ch, cfg.context_dim, cfg)
+        self.mid_res2 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.up = self._build_up(emb_dim, skip_channels)
+        out_ch = mc * cfg.channel_mult[0]
+        self.norm_out = group_norm(out_ch)
+        # zero-init (DiT, LDM): the first prediction is 0, the mean of both the noise and the
+        # velocity targets, so training starts at a sensible loss instead of a random one
+        self.conv_out = zero_init(nn.Conv2d(out_ch, cfg.latent_channels, 3, padding=1))
+
+    def _build_down(self, emb_dim: int):
+        cfg, ch = self.config, self.config.model_channels
+        blocks, skip_channels = nn.ModuleList(), [ch]
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                out_ch = cfg.model_channels * mult
+                blocks.append(Level(ch, out_ch, emb_dim, level in cfg.attention_levels, False, cfg))
+                ch = out_ch
+                skip_channels.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                blocks.append(Downsample(ch))
+                skip_channels.append(ch)
+        return blocks, skip_channels
+
+    def _build_up(self, emb_dim: int, skip_channels: list):
+        cfg, skip_channels = self.config, list(skip_channels)
+        blocks, ch = nn.ModuleList(), skip_channels[-1]
+        for level in reversed(range(len(cfg.channel_mult))):
+            out_ch = cfg.model_channels * cfg.channel_mult[level]
+            # one more block than on the way down: each consumes one skip, and the down path
+            # also stored the output of conv_in and of every Downsample
+            for i in range(cfg.num_res_blocks + 1):
+                upsample = level > 0 and i == cfg.num_res_blocks
+                blocks.append(Level(ch + skip_channels.pop(), out_ch, emb_dim,
+                                    level in cfg.attention_levels, upsample, cfg))
+                ch = out_ch
+        return blocks
+
+    def encode_source(self, image: torch.Tensor) -> torch.Tensor:
+        """Source image (B, 3, S, S) in [-1, 1] -> tokens (B, N, D); call once per source."""
+        return self.source_encoder(image)
+
+    def _fill_dropped(self, x_t, pose, src_tokens, fusion):
+        """None -> the zero tensor a dropped condition is, so None and explicit zeros agree."""
+        cfg, b = self.config, x_t.shape[0]
+        kw = dict(device=x_t.device, dtype=x_t.dtype)
+        if pose is None:
+            pose = torch.zeros(b, cfg.pose_channels, cfg.image_size, cfg.image_size, **kw)
+        if src_tokens is None:
+            src_tokens = torch.zeros(b, self.num_source_tokens, cfg.context_dim, **kw)
+        if fusion is None and cfg.fusion_dim > 0:
+            fusion = torch.zeros(b, cfg.fusion_dim, **kw)
+        if fusion is not None and cfg.fusion_dim == 0:
+            raise ValueError("UNet got fusion= but its config has fusion_dim=0 (no fusion input)")
+        self._check_shapes(x_t, pose, src_tokens, fusion)
+        return pose, src_tokens, fusion
+
+    def _check_shapes(self, x_t, pose, src_tokens, fusion):
+        # shape checks only (static under torch.compile): a clear message beats a conv error
+        cfg = self.config
+        want = {"x_t": (cfg.latent_channels, cfg.latent_size, cfg.latent_size),
+                "pose": (cfg.pose_channels, cfg.image_size, cfg.image_size)}
+        for name, tensor in (("x_t", x_t), ("pose", pose)):
+            if tuple(tensor.shape[1:]) != want[name]:
+                expected = ", ".join(map(str, want[name]))
+                raise ValueError(f"UNet {name} has shape {tuple(tensor.shape)}, expected (B, {expected})")
+        if src_tokens.shape[-1] != cfg.context_dim:
+            raise ValueError(f"UNet src_tokens width {src_tokens.shape[-1]} != context_dim {cfg.context_dim}")
+        if fusion is not None and fusion.shape[-1] != cfg.fusion_dim:
+            raise ValueError(f"UNet fusion width {fusion.shape[-1]} != fusion_dim {cfg.fusion_dim}")
+
+    def forward(self, x_t, t, pose=None, src_tokens=None, fusion=None) -> torch.Tensor:
+        """x_t (B, C, h, w); t float (B,) or scalar in [0, 1000]; pose (B, P, S, S) in [0, 1];
+        src_tokens (B, N, D); fusion (B, F). None means zeros (a dropped condition)."""
+        pose, src_tokens, fusion = self._fill_dropped(x_t, pose, src_tokens, fusion)
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])  # (B,)
+        t_features = timestep_embedding(t, self.config.model_channels)  # (B, mc), float32
+        emb = self.time_mlp(t_features.to(self.conv_in.weight.dtype))  # (B, E); .to: a model cast to bf16
+        if self.fusion_mlp is not None:
+            emb = emb + self.fusion_mlp(fusion)  # (B, E)
+        h = self.conv_in(x_t) + self.pose_encoder(pose)  # (B, mc, h, w): the pose enters here, as in FPDM
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb, src_tokens)  # (B, C_level, h', w'), or (B, C, h'/2, w'/2) after a Downsample
+            skips.append(h)
+        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), src_tokens), emb)
+        for block in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, h', w')
+            h = block(h, emb, src_tokens)  # (B, C_level, h', w'), or (B, C_level, 2h', 2w') after an upsample
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C, h, w)
+        # note: under autocast the convs return bf16; hand back the caller's dtype
+        return out.to(x_t.dtype)
+
+    @torch.no_grad()
+    def example_inputs(self, batch_size: int = 2) -> dict:
+        """Valid random inputs for this model: exactly the keys x_t, t, pose, src_tokens, fusion."""
+        cfg, device = self.config, self.conv_in.weight.device
+        b, s, h = batch_size, cfg.image_size, cfg.latent_size
+        fusion = None
+        if cfg.fusion_dim > 0:  # fusion embeddings are unit-norm (fusion.py)
+            fusion = F.normalize(torch.randn(b, cfg.fusion_dim, device=device), dim=-1)
+        return {
+            "x_t": torch.randn(b, cfg.latent_channels, h, h, device=device),
+            "t": torch.rand(b, device=device) * 1000,
+            "pose": torch.rand(b, cfg.pose_channels, s, s, device=device),
+            "src_tokens": torch.randn(b, self.num_source_tokens, cfg.context_dim, device=device),
+            "fusion": fusion,
+        }
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def time_training_step(preset: str, batch_size: int = 16, repeats: int = 5) -> tuple:
+    """(wall s, process CPU s, GFLOP) of the fastest of `repeats` training steps on random data:
+    encode_source + forward + backward + AdamW, as train.py does per batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = UNet(preset)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs = model.example_inputs(batch_size)
+    size = model.config.image_size
+    source = torch.rand(batch_size, 3, size, size, device=inputs["x_t"].device) * 2 - 1
+
+    def step():
+        out = model(**dict(inputs, src_tokens=model.encode_source(source)))
+        opt.zero_grad()
+        F.mse_loss(out, torch.randn_like(out)).backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:  # the first step also warms up the kernels
+        step()
+    best_wall, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        best_wall = min(best_wall, time.perf_counter() - wall)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+    return best_wall, best_cpu, counter.get_total_flops() / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description="UNet parameter counts; --time PRESET times a training step")
+    parser.add_argument("--time", choices=list(PRESETS), help="time a CPU training step of this preset")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for preset in PRESETS:
+        with torch.device("meta"):  # counts without allocating (base is ~1 B parameters)
+            model = UNet(preset)
+        total, source = count_parameters(model), count_parameters(model.source_encoder)
+        print(f"{preset:5s} {total:>11,d} parameters ({total - source:>11,d} UNet + {source:>10,d} source encoder)")
+    if args.time:
+        wall, cpu, gflop = time_training_step(args.time, args.batch_size)
+        print(f"{args.time}: training step, batch {args.batch_size}, {gflop:.1f} GFLOP, {torch.get_num_threads()} "
+              f"threads: {wall:.3f} s wall, {cpu:.3f} s process CPU (fastest of 5)")
+
+
+if __name__ == "__main__":
+    main()
