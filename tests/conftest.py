@@ -3,11 +3,15 @@ built-in benchmark, synthesised once per session and reused by every test file.
 
     python -m pytest -q
 """
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# before torch: OpenMP threads that spin while idle starve everything else on a 2-core machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # the project is flat (data.py, vae.py, ... at the top): make it importable under plain `pytest`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -1,0 +1,158 @@
+"""Tests of train.py: every method for a few steps on a tiny synthetic set, the stage chain,
+checkpoint round trip, resume equivalence, DistributedDataParallel with 2 CPU processes, and
+one-line errors for bad input.
+
+    python -m pytest -q tests/test_train.py
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample
+import train
+import unet as unet_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 32 px images (latents 8x8) and batches of 4 keep every run to seconds on 2 cores.
+FAST = ["--image-size", "32", "--batch-size", "4", "--num-workers", "0", "--log-every", "1",
+        "--vae-steps", "2", "--fusion-steps", "2", "--steps", "2", "--sample-every", "2",
+        "--ckpt-every", "2", "--grid-rows", "2", "--grid-steps", "2", "--warmup", "1"]
+
+
+def run_train(root, out, *extra):
+    return train.run(train.parse_config(["--data", str(root), "--out", str(out), *FAST, *extra]))
+
+
+@pytest.fixture(scope="module")
+def fpdm_run(tiny_root, tmp_path_factory):
+    """One fpdm run trains the whole chain: VAE -> fusion -> latent diffusion."""
+    out = tmp_path_factory.mktemp("fpdm")
+    run_train(tiny_root, out, "--method", "fpdm")
+    return out
+
+
+def test_fpdm_chains_vae_and_fusion_stages(fpdm_run):
+    for stage in ("vae", "fusion", "fpdm"):
+        ckpt = train.load_checkpoint(fpdm_run / f"{stage}.pt", stage)
+        assert ckpt["step"] == 2 and ckpt["version"] == train.CKPT_VERSION
+        assert set(ckpt) >= {"model", "ema", "optimizer", "config", "step", "rng"}
+    full = train.load_checkpoint(fpdm_run / "fpdm.pt")
+    assert "vae" in full and "fusion" in full  # the file alone can sample
+    assert (fpdm_run / "fpdm_0000002.png").is_file() and (fpdm_run / "vae_0000002.png").is_file()
+
+
+def test_rpfm_reuses_the_vae_of_an_earlier_run(fpdm_run, tiny_root, capsys):
+    vae_before = (fpdm_run / "vae.pt").stat().st_mtime_ns
+    run_train(tiny_root, fpdm_run, "--method", "rpfm")
+    assert "[vae] reusing" in capsys.readouterr().out
+    assert (fpdm_run / "vae.pt").stat().st_mtime_ns == vae_before
+    ckpt = train.load_checkpoint(fpdm_run / "rpfm.pt", "rpfm")
+    assert "fusion" not in ckpt and ckpt["config"]["model"]["fusion_dim"] == 0
+
+
+def test_fusion_method_reports_retrieval(fpdm_run, tiny_root, capsys):
+    run_train(tiny_root, fpdm_run, "--method", "fusion")
+    out = capsys.readouterr().out
+    assert "source alone" in out and "R@1" in out
+
+
+def test_losses_are_finite_and_training_moves_weights(fpdm_run, tiny_root):
+    ckpt = train.load_checkpoint(fpdm_run / "fpdm.pt")
+    fresh = unet_lib.UNet(ckpt["config"]["model"]).state_dict()
+    moved = [k for k, v in ckpt["model"].items() if not torch.equal(v, fresh[k])]
+    assert moved, "two optimiser steps changed no weight"
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_round_trip_gives_the_same_model(fpdm_run):
+    gen = sample.from_checkpoint(str(fpdm_run / "fpdm.pt"), use_ema=True, device=torch.device("cpu"))
+    ckpt = train.load_checkpoint(fpdm_run / "fpdm.pt")
+    again = unet_lib.UNet(ckpt["config"]["model"])
+    again.load_state_dict(ckpt["ema"])
+    inputs = again.example_inputs(batch_size=2)
+    with torch.no_grad():
+        assert torch.equal(gen.unet(**inputs), again.eval()(**inputs))
+
+
+def test_resume_matches_an_uninterrupted_run(fpdm_run, tiny_root, tmp_path):
+    vae = str(fpdm_run / "vae.pt")
+    common = ["--method", "rpfm", "--vae-ckpt", vae, "--flip", "--ckpt-every", "1"]
+    run_train(tiny_root, tmp_path / "straight", *common, "--steps", "4")
+    run_train(tiny_root, tmp_path / "resumed", *common, "--steps", "2")
+    run_train(tiny_root, tmp_path / "resumed", *common, "--steps", "4", "--resume")
+    a = train.load_checkpoint(tmp_path / "straight" / "rpfm.pt")
+    b = train.load_checkpoint(tmp_path / "resumed" / "rpfm.pt")
+    assert a["step"] == b["step"] == 4
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+
+
+def test_batches_resume_where_they_stopped():
+    straight = train.EpochBatches(10, 4, seed=3, flip=True)
+    first = [b for b, _ in zip(straight, range(7))]
+    later = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, start_step=4, flip=True), range(3))]
+    assert first[4:] == later
+    ranks = [next(iter(train.EpochBatches(10, 4, seed=3, rank=r, world=2))) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(first[0] if not any(i >= 10 for i in first[0])
+                                                  else next(iter(train.EpochBatches(10, 4, seed=3))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_two_cpu_processes(fpdm_run, tiny_root, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "train.py", "--method", "rpfm", "--vae-ckpt", str(fpdm_run / "vae.pt"),
+           "--data", str(tiny_root), "--out", str(tmp_path), *FAST, "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 ranks hold identical weights: True" in done.stdout
+    assert train.load_checkpoint(tmp_path / "rpfm.pt", "rpfm")["step"] == 2
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--method", "gan"], "invalid choice: 'gan'"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--steps", "many"], "invalid int value"),
+    (["--data", "/no/such/folder"], "/no/such/folder"),
+    (["--vae-ckpt", "/no/such.pt"], "/no/such.pt does not exist"),
+])
+def test_bad_input_is_one_line_and_nonzero(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    message = str(exit_info.value.code)
+    assert exit_info.value.code != 0 and expected in message and "\n" not in message.strip()
+
+
+def test_wrong_method_and_corrupt_checkpoints_are_refused(fpdm_run, tmp_path):
+    with pytest.raises(ValueError, match="holds a 'vae' model, expected fpdm or rpfm"):
+        train.load_checkpoint(fpdm_run / "vae.pt", ("fpdm", "rpfm"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((fpdm_run / "rpfm.pt").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt"):
+        train.load_checkpoint(broken)
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "x.pt"
+    train.save_checkpoint(target, {"method": "vae", "step": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        train.save_checkpoint(target, {"method": "vae", "step": 2})
+    assert train.load_checkpoint(target)["step"] == 1  # the old file is intact

@@ -1,0 +1,760 @@
+"""The one training script: VAE, fusion embedding (FPDM stage 1), FPDM and RPFM.
+
+Every method is the same loop, written out once in `train()` in the order a student reads it:
+
+    batch -> (VAE encode, no grad) -> loss -> backward -> clip -> step -> EMA -> log
+          -> every N steps: sample grid -> checkpoint
+
+What changes between methods is only the `Stage` (which network trains, what its loss is,
+what its grid shows). FPDM and RPFM even share the stage: the same conditional latent UNet,
+the same conditions; only the process differs (`diffusion.Diffusion` or
+`flow_matching.FlowMatching`). That single line is the difference between the two papers.
+
+Stages chain themselves: `--method rpfm` first trains (or reuses) the VAE, `--method fpdm`
+the VAE and the fusion model, each saved as `<out>/<stage>.pt` and reused by the next run.
+
+Papers:
+  FPDM  Enhancing Pose-Guided Person Image Synthesis with a Fusion Embedding (arXiv 2412.07333)
+  RPFM  real-time person image synthesis with flow matching (Lipman et al., arXiv 2210.02747)
+  LDM   Rombach et al., High-Resolution Image Synthesis with Latent Diffusion (arXiv 2112.10752)
+
+Run:
+  python train.py --method rpfm                 # the main job: tiny preset, CPU, < 10 minutes
+  python train.py --method fpdm --preset tiny   # VAE -> fusion -> latent diffusion
+  torchrun --nproc_per_node=2 train.py --method rpfm   # DistributedDataParallel
+  python train.py --help                        # every flag, generated from TrainConfig
+
+Shape letters: B batch, C channels, H W image height/width, h w latent height/width,
+N source tokens, D embedding width.
+"""
+from __future__ import annotations
+
+import os
+
+# note: on a small shared CPU, OpenMP threads that spin while waiting for work steal the cores
+# the other threads (and DataLoader workers) need; one measured step ran 20x slower. Passive
+# waiting costs nothing noticeable on an idle machine. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import copy
+import dataclasses
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import data
+import diffusion
+import flow_matching
+import fusion
+import unet as unet_lib
+import vae as vae_lib
+
+METHODS = ("vae", "fusion", "fpdm", "rpfm")
+CKPT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration: one dataclass, flags generated from it, named presets that override defaults.
+# ----------------------------------------------------------------------------------------------
+
+def _flag(default, help, **extra):
+    """A dataclass field that carries its --help text (and choices) for the generated parser."""
+    return field(default=default, metadata=dict(help=help, **extra))
+
+
+@dataclass
+class TrainConfig:
+    method: str = _flag("rpfm", "what to train; fpdm/rpfm train the VAE (and fusion) first",
+                        choices=METHODS)
+    preset: str = _flag("tiny", "named size: tiny (CPU), base256 / base512 (one GPU)")
+    data: str = _flag("", "dataset root in any DeepFashion layout; empty: the built-in benchmark")
+    out: str = _flag("", "output folder for checkpoints and grids; empty: runs/<preset>")
+    image_size: int = _flag(64, "square training resolution (photos are stretched, as CFLD does)")
+    bench_size: str = _flag("128x88", "HxW of the synthesised benchmark photos")
+    unet: str = _flag("tiny", "unet.PRESETS entry")
+    vae: str = _flag("tiny", "vae.VAE_PRESETS entry")
+    fusion: str = _flag("tiny", "fusion.FUSION_PRESETS entry")
+    vae_ckpt: str = _flag("", "a trained VAE: our .pt, or a diffusers AutoencoderKL folder")
+    fusion_ckpt: str = _flag("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
+    use_fusion: bool = _flag(True, "fpdm: condition on the fusion embedding (off: ablations B1-B3)")
+    fusion_loss: str = _flag("source_enhanced", "stage-1 InfoNCE variant",
+                             choices=("baseline", "source_enhanced"))
+    steps: int = _flag(1200, "optimiser steps of the method named by --method")
+    vae_steps: int = _flag(500, "steps of the VAE stage when it is trained on the way")
+    fusion_steps: int = _flag(400, "steps of the fusion stage when it is trained on the way")
+    batch_size: int = _flag(16, "images per optimiser step, summed over all processes")
+    lr: float = _flag(3e-4, "peak learning rate of the latent UNet (fpdm / rpfm)")
+    vae_lr: float = _flag(1e-3, "peak learning rate of the VAE stage")
+    fusion_lr: float = _flag(3e-4, "peak learning rate of the fusion stage")
+    weight_decay: float = _flag(0.0, "AdamW weight decay (0 as in DiT and LDM)")
+    warmup: int = _flag(100, "linear learning-rate warm-up steps")
+    grad_clip: float = _flag(1.0, "clip the global gradient norm to this")
+    ema_decay: float = _flag(0.999, "EMA decay of the sampled weights (warmed up, see ema_update)")
+    flip: bool = _flag(True, "random horizontal flip with left/right joints swapped")
+    heatmaps: bool = _flag(False, "add 18 Gaussian keypoint heatmaps to the pose map")
+    drop_prob: float = _flag(0.2, "per-condition drop probability, for classifier-free guidance")
+    offset_noise: float = _flag(0.1, "fpdm: offset-noise strength (FPDM uses 0.1)")
+    grid_steps: int = _flag(0, "sampling steps for the grid; 0: the process's default")
+    w_src: float = _flag(2.0, "guidance weight of pose + source in the grid")
+    w_fus: float = _flag(2.5, "guidance weight of the fusion embedding in the grid (fpdm)")
+    log_every: int = _flag(50, "steps between fixed-width log lines")
+    sample_every: int = _flag(400, "steps between PNG grids")
+    ckpt_every: int = _flag(400, "steps between checkpoints (one is always written at the end)")
+    grid_rows: int = _flag(6, "pairs shown in a grid")
+    num_workers: int = _flag(1, "DataLoader worker processes")
+    seed: int = _flag(0, "seed of the data order, initialisation and noise")
+    device: str = _flag("auto", "auto, cpu, cuda, cuda:1, mps ...")
+    bf16: bool = _flag(True, "bf16 autocast on CUDA (ignored on CPU)")
+    resume: bool = _flag(False, "continue --method from <out>/<method>.pt")
+
+
+# Sizes as in the papers for the GPU presets: 256x176 photos trained at 256x256 (CFLD, FPDM)
+# and 512x352 at 512x512 (PCDM); SD's VAE shape (downsample 8).
+PRESETS = {
+    "tiny": dict(),
+    "base256": dict(image_size=256, bench_size="256x176", unet="base", vae="sd", fusion="vit_l14",
+                    steps=200_000, vae_steps=100_000, fusion_steps=50_000, batch_size=32,
+                    lr=1e-4, vae_lr=1e-4, fusion_lr=1e-5, warmup=1000, num_workers=8,
+                    log_every=100, sample_every=5000, ckpt_every=5000, ema_decay=0.9999),
+    "base512": dict(image_size=512, bench_size="512x352", unet="base", vae="sd", fusion="vit_l14",
+                    steps=200_000, vae_steps=100_000, fusion_steps=50_000, batch_size=16,
+                    lr=1e-4, vae_lr=1e-4, fusion_lr=1e-5, warmup=1000, num_workers=8,
+                    log_every=100, sample_every=5000, ckpt_every=5000, ema_decay=0.9999),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line `error: ...` and exit 2, not usage + traceback."""
+
+    def error(self, message):
+        sys.exit(f"error: {message}")
+
+
+def build_parser(config_cls, description: str, presets: dict | None = None) -> OneLineParser:
+    """Generate one --flag per dataclass field; defaults stay None so presets can fill them."""
+    parser = OneLineParser(description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = config_cls()
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", "") + f" (default: {getattr(defaults, f.name)!r})"
+        if f.name == "preset" and presets is not None:
+            meta["choices"] = list(presets)
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type).replace("<class '", "")
+                                                          .rstrip("'>")]
+            parser.add_argument(flag, type=kind, default=None, help=help_text, **meta)
+    return parser
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Defaults < preset < flags given on the command line."""
+    args = build_parser(TrainConfig, __doc__.splitlines()[0], PRESETS).parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    cfg = dataclasses.replace(TrainConfig(), **PRESETS[given.get("preset", "tiny")])
+    cfg = dataclasses.replace(cfg, **given)
+    if not cfg.out:
+        cfg.out = str(Path("runs") / cfg.preset)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and processes (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun: NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=pick_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=torch_dist.get_rank(), world=world, device=device)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)  # note: also seeds every CUDA device
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a deterministic, resumable, rank-sharded order, so a resumed run sees the same batches
+# ----------------------------------------------------------------------------------------------
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Yields this rank's index lists forever: epoch e is a permutation seeded by (seed, e).
+
+    Starting at `start_step` skips exactly the batches an uninterrupted run already used, which
+    is what makes `--resume` continue on the same data. With `flip`, an index i >= n means
+    "item i - n, mirrored": the coin is tossed here, in the checkpointed order, not in a worker.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_step: int = 0, flip: bool = False):
+        if n < batch_size:
+            raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({n} pairs)")
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.start, self.flip = start_step, flip
+        self.per_epoch = n // batch_size  # drop the ragged last batch: every step is full
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch, k = divmod(step, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n, generator=g)  # (n,)
+            flips = torch.rand(self.n, generator=g) < 0.5 if self.flip else torch.zeros(self.n, dtype=torch.bool)
+            idx = order[k * self.batch:(k + 1) * self.batch]  # (batch,) the global batch
+            idx = idx + self.n * flips[idx].long()
+            yield idx[self.rank::self.world].tolist()  # this rank's share
+            step += 1
+
+
+class FlipIndexed(torch.utils.data.Dataset):
+    """Index i < n is pair i as stored, i >= n is pair i - n mirrored (joints swapped left/right)."""
+
+    def __init__(self, pairs: data.PairDataset):
+        self.pairs = pairs
+
+    def __len__(self):
+        return 2 * len(self.pairs)
+
+    def __getitem__(self, i):
+        n = len(self.pairs)
+        return self.pairs.load_item(i % n, flipped=i >= n)
+
+
+def open_dataset(cfg: TrainConfig, split: str, dist: Dist) -> data.PairDataset:
+    """The user's folder, or the built-in benchmark (synthesised once, by rank 0)."""
+    if cfg.data:
+        root = Path(cfg.data)
+    else:
+        size = parse_size(cfg.bench_size, "--bench-size")
+        if dist.main:
+            data.ensure_benchmark(size=size)  # synthesised once, on first use
+        if dist.world > 1:
+            torch_dist.barrier()  # the other ranks wait until rank 0 has written it
+        root = data.ensure_benchmark(size=size)
+    return data.PairDataset(root, split, cfg.image_size, heatmaps=cfg.heatmaps, verbose=dist.main)
+
+
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected HxW, e.g. 256x176") from None
+
+
+def make_batches(cfg, dataset, dist: Dist, batch_size: int, start_step: int):
+    """An endless iterator of collated batches on `dist.device`, resumable at `start_step`."""
+    both = FlipIndexed(dataset)
+    sampler = EpochBatches(len(dataset), batch_size, cfg.seed, dist.rank, dist.world,
+                           start_step, flip=cfg.flip)
+    # note: a DataLoader without its own generator draws its workers' seed from the global RNG
+    # when iteration starts, which would shift a resumed run's noise by one draw.
+    loader = torch.utils.data.DataLoader(both, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         persistent_workers=cfg.num_workers > 0,
+                                         pin_memory=dist.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    for batch in loader:
+        yield {k: v.to(dist.device, non_blocking=True) if torch.is_tensor(v) else v
+               for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one dict, written atomically, loaded with a clear error when wrong
+# ----------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, payload: dict):
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"version": CKPT_VERSION, **payload}, tmp)
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
+def load_checkpoint(path, method: str | tuple | None = None) -> dict:
+    """Load our checkpoint dict; one clear error for a missing, corrupt or wrong-method file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, a text file ...
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch file "
+                         f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "version" not in ckpt or "method" not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a checkpoint of this project's train.py")
+    wanted = (method,) if isinstance(method, str) else method
+    if wanted and ckpt["method"] not in wanted:
+        raise ValueError(f"checkpoint {path} holds a {ckpt['method']!r} model, "
+                         f"expected {' or '.join(wanted)}")
+    return ckpt
+
+
+def load_vae(path: str) -> vae_lib.VAE:
+    """Our VAE checkpoint (EMA weights), or a diffusers AutoencoderKL folder."""
+    if Path(path).is_dir():
+        return vae_lib.load_diffusers_vae(path)
+    ckpt = load_checkpoint(path, "vae")
+    model = vae_lib.VAE(ckpt["config"]["model"])
+    model.load_state_dict(ckpt["ema"])
+    return model
+
+
+def load_fusion(path: str) -> fusion.FusionModel:
+    ckpt = load_checkpoint(path, "fusion")
+    model = fusion.FusionModel(ckpt["config"]["model"], load_pretrained=False)  # weights: below
+    model.load_state_dict(ckpt["ema"])
+    return model
+
+
+def frozen(model: nn.Module, device) -> nn.Module:
+    """A network used as a fixed function by a later stage: eval mode, no gradients."""
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages: what trains, its loss and its grid. The loop below is the same for all of them.
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    name: str                 # "vae" | "fusion" | "fpdm" | "rpfm"
+    model: nn.Module          # the network that trains
+    steps: int
+    batch_size: int
+    lr: float
+    loss: callable            # (model, batch) -> (loss, per_sample or None, t or None)
+    grid: callable            # (ema model, batch) -> list of rows of (3, H, W) images in [-1, 1]
+    extra: dict = field(default_factory=dict)  # frozen parts saved beside the model
+    labels: tuple = ()
+
+
+def vae_stage(cfg: TrainConfig) -> Stage:
+    model = vae_lib.VAE(cfg.vae)
+
+    def loss(m, batch):
+        total, _ = m.loss(batch["target"])
+        return total, None, None
+
+    def grid(ema, batch):
+        x = batch["target"]
+        recon = ema.decode(ema.encode(x)[0])
+        return [[a, b] for a, b in zip(x, recon.clamp(-1, 1))]
+
+    return Stage("vae", model, cfg.vae_steps, cfg.batch_size, cfg.vae_lr, loss, grid,
+                 labels=("photo", "reconstruction"))
+
+
+def fusion_stage(cfg: TrainConfig) -> Stage:
+    fcfg = dataclasses.replace(fusion.fusion_config(cfg.fusion),
+                               source_enhanced=cfg.fusion_loss == "source_enhanced")
+    model = fusion.FusionModel(fcfg)
+
+    def loss(m, batch):
+        total, _ = m.loss(batch)
+        return total, None, None
+
+    return Stage("fusion", model, cfg.fusion_steps, cfg.batch_size, cfg.fusion_lr, loss,
+                 grid=None)
+
+
+def make_process(method: str, cfg: TrainConfig):
+    """FPDM's diffusion or RPFM's flow matching: the only line where the two papers differ."""
+    drops = {"pose": cfg.drop_prob, "src_tokens": cfg.drop_prob, "fusion": cfg.drop_prob}
+    if method == "fpdm":
+        return diffusion.Diffusion(offset_noise=cfg.offset_noise, drop_probs=drops)
+    return flow_matching.FlowMatching(drop_probs=drops)
+
+
+def sample_latents(process, model, noise, cond, steps: int, w_src: float, w_fus: float):
+    """One call for both processes (their sampler argument is named differently)."""
+    steps = steps or process_default_steps(process)
+    return process.sample(model, noise, cond, steps, w_src=w_src, w_fus=w_fus)
+
+
+def process_default_steps(process) -> int:
+    module = diffusion if isinstance(process, diffusion.Diffusion) else flow_matching
+    return module.DEFAULT_STEPS
+
+
+def build_cond(model: unet_lib.UNet, fusion_model, source, pose) -> dict:
+    """The conditions of both methods: pose map, source tokens, and (FPDM) the fusion embedding.
+
+    note: the tokens are computed outside the UNet's forward so streaming can encode a source
+    once; the process drops them (zeros) per sample exactly as it does at guidance time.
+    """
+    cond = {"pose": pose, "src_tokens": model.encode_source(source)}  # tokens: (B, N, D)
+    if fusion_model is not None:
+        with torch.no_grad():
+            cond["fusion"] = fusion_model.embed(source, pose)  # (B, D), fixed: stage 1 is frozen
+    return cond
+
+
+def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: int) -> Stage:
+    """FPDM and RPFM: the same UNet and conditions, trained by a different process."""
+    # sizes follow the data and the frozen stages; fusion_dim 0: RPFM has no fusion input at all
+    ucfg = dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size,
+                               pose_channels=pose_channels,
+                               latent_size=cfg.image_size // vae.downsample_factor,
+                               latent_channels=vae.latent_channels,
+                               fusion_dim=fusion_model.embed_dim if fusion_model else 0)
+    model = unet_lib.UNet(ucfg)
+    process = make_process(cfg.method, cfg)
+    core = lambda m: m.module if isinstance(m, DistributedDataParallel) else m  # noqa: E731
+
+    def loss(m, batch):
+        with torch.no_grad():
+            x = vae.encode_latents(batch["target"])  # (B, 4, h, w), unit variance
+        cond = build_cond(core(m), fusion_model, batch["source"], batch["target_pose"])
+        return process.loss(m, x, cond)
+
+    @torch.no_grad()
+    def grid(ema, batch):
+        cond = build_cond(ema, fusion_model, batch["source"], batch["target_pose"])
+        noise = torch.randn_like(vae.encode_latents(batch["target"]))
+        z = sample_latents(process, ema, noise, cond, cfg.grid_steps, cfg.w_src, cfg.w_fus)
+        fake = vae.decode_latents(z).clamp(-1, 1)  # (B, 3, H, W)
+        pose = batch["target_pose"][:, :3] * 2 - 1  # pose map drawn in the same [-1, 1] range
+        return [list(r) for r in zip(batch["source"], pose, fake, batch["target"])]
+
+    extra = {"vae": component(vae)}
+    if fusion_model is not None:
+        extra["fusion"] = component(fusion_model)
+    return Stage(cfg.method, model, cfg.steps, cfg.batch_size, cfg.lr, loss, grid, extra,
+                 labels=("source", "target pose", "generated", "target"))
+
+
+def component(model: nn.Module) -> dict:
+    """A frozen network saved inside a later checkpoint, so that file alone can sample."""
+    return {"config": dataclasses.asdict(model.config), "state": model.state_dict()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def lr_at(step: int, peak: float, warmup: int) -> float:
+    """Linear warm-up then constant, as DiT and most latent diffusion code do."""
+    return peak * min(1.0, (step + 1) / max(1, warmup))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int):
+    """ema <- d * ema + (1 - d) * model, with d warmed up as (1 + n) / (10 + n).
+
+    note: the warm-up matters for short CPU runs: with d = 0.999 from step 0 the EMA of a
+    1,000-step run would still be mostly the random initialisation.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+class LossByT:
+    """Mean loss in 5 buckets of the process's time: where along the path the model struggles."""
+
+    def __init__(self, buckets: int = 5):
+        self.sum = torch.zeros(buckets)
+        self.count = torch.zeros(buckets)
+
+    def add(self, per_sample, t):
+        if per_sample is None:
+            return
+        k = (t.detach().float().cpu() * len(self.sum)).long().clamp(0, len(self.sum) - 1)  # (B,)
+        self.sum.index_add_(0, k, per_sample.detach().float().cpu())
+        self.count.index_add_(0, k, torch.ones_like(k, dtype=torch.float))
+
+    def line(self) -> str:
+        means = self.sum / self.count.clamp(min=1)
+        edges = torch.linspace(0, 1, len(self.sum) + 1)
+        cells = [f"t[{a:.1f},{b:.1f}) " + (f"{m:.4f}" if n else "   -  ")
+                 for a, b, m, n in zip(edges, edges[1:], means, self.count)]
+        self.sum.zero_(), self.count.zero_()
+        return "loss by t | " + " | ".join(cells)
+
+
+def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, resume: bool):
+    """Train `stage.model` for `stage.steps` steps and leave `ckpt_path`; returns the EMA model."""
+    model, device = stage.model.to(dist.device), dist.device
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
+                            weight_decay=cfg.weight_decay)
+    start = restore(ckpt_path, stage, model, ema, opt, dist) if resume else 0
+    if start == 0:
+        seed_everything(cfg.seed + dist.rank)  # per-rank noise, same initialisation (below)
+    net = DistributedDataParallel(model) if dist.world > 1 else model
+    batches = make_batches(cfg, dataset, dist, stage.batch_size // dist.world, start)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    log, by_t = StepLog(stage, start, dist), LossByT()
+    save = lambda step: save_stage(ckpt_path, stage, cfg, model, ema, opt, step, dist)  # noqa
+    done = start  # steps whose update is complete
+    try:
+        for step in range(start, stage.steps):
+            batch = next(batches)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, stage.lr, cfg.warmup)
+            with autocast:
+                loss, per_sample, t = stage.loss(net, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, cfg.ema_decay, step)
+            done = step + 1
+            by_t.add(per_sample, t)
+            log.step(step, loss, grad_norm, opt.param_groups[0]["lr"], by_t, cfg.log_every)
+            if stage.grid and dist.main and ((step + 1) % cfg.sample_every == 0 or step + 1 == stage.steps):
+                write_grid(stage, ema, batch, ckpt_path.parent / f"{stage.name}_{step + 1:07d}.png", cfg)
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stage.steps:
+                save(step + 1)
+    except KeyboardInterrupt:
+        save(done)  # nothing lost: the steps done so far are on disk, --resume continues
+        log.close()
+        raise
+    log.close()
+    return ema
+
+
+def restore(path: Path, stage: Stage, model, ema, opt, dist: Dist) -> int:
+    """Load everything a resumed run needs; returns the step to continue from."""
+    if not path.is_file():
+        if dist.main:
+            print(f"[{stage.name}] no checkpoint at {path}: starting from step 0")
+        return 0
+    ckpt = load_checkpoint(path, stage.name)
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    rng = ckpt["rng"][dist.rank % len(ckpt["rng"])]  # this rank's own stream
+    torch.set_rng_state(rng["torch"])  # the same noise as an uninterrupted run
+    random.setstate(rng["python"])
+    if dist.device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], dist.device)
+    if dist.main:
+        print(f"[{stage.name}] resumed {path} at step {ckpt['step']}")
+    return ckpt["step"]
+
+
+def rng_states(dist: Dist) -> list:
+    """Every rank's RNG state (rank 0 writes them all, so each rank resumes its own noise)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "cuda": torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None}
+    if dist.world == 1:
+        return [state]
+    states = [None] * dist.world
+    torch_dist.all_gather_object(states, state)
+    return states
+
+
+def save_stage(path, stage, cfg, model, ema, opt, step, dist: Dist):
+    rng = rng_states(dist)  # a collective: every rank takes part before rank 0 writes
+    if not dist.main:
+        return  # only rank 0 writes; DDP keeps every rank's weights identical
+    save_checkpoint(path, {
+        "method": stage.name, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "config": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config)},
+        "rng": rng,
+        **stage.extra,
+    })
+
+
+@torch.no_grad()
+def write_grid(stage: Stage, ema, batch, path: Path, cfg: TrainConfig):
+    """A PNG of the EMA model's work, drawn with fixed noise.
+
+    note: fork_rng restores the training RNG afterwards, so writing a grid (or not) never
+    changes the noise the following steps see: a resumed run stays step-for-step identical.
+    """
+    n = min(cfg.grid_rows, batch["target"].shape[0])
+    cuda = [batch["target"].device] if batch["target"].is_cuda else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(cfg.seed)
+        rows = stage.grid(ema, {k: v[:n] for k, v in batch.items()})
+    data.save_grid([[enlarge(img) for img in row] for row in rows], path, labels=stage.labels)
+
+
+def enlarge(img: torch.Tensor, at_least: int = 128) -> torch.Tensor:
+    """Nearest-neighbour upscaling of small CPU-preset images, so a person can see the grid."""
+    k = max(1, at_least // img.shape[-1])
+    return img.float().cpu().repeat_interleave(k, -1).repeat_interleave(k, -2)  # (3, kH, kW)
+
+
+class StepLog:
+    """tqdm bar (loss, lr, images/s) plus a fixed-width line every N steps, on rank 0 only."""
+
+    def __init__(self, stage: Stage, start: int, dist: Dist):
+        self.stage, self.main = stage, dist.main
+        self.bar = tqdm(total=stage.steps, initial=start, desc=f"[{stage.name}]",
+                        disable=not self.main, dynamic_ncols=True)
+        self.t0, self.images = time.time(), 0
+
+    def step(self, step, loss, grad_norm, lr, by_t: LossByT, every: int):
+        self.images += self.stage.batch_size
+        self.bar.update(1)
+        if not self.main or (step + 1) % every and step + 1 != self.stage.steps:
+            return
+        dt = time.time() - self.t0
+        ips = self.images / max(dt, 1e-9)
+        loss, grad_norm = loss.item(), float(grad_norm)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}", img_s=f"{ips:.1f}")
+        self.bar.write(f"[{self.stage.name}] step {step + 1:7d} | loss {loss:9.5f} | "
+                       f"grad {grad_norm:8.3f} | lr {lr:.2e} | {1000 * dt / every:7.1f} ms/step | "
+                       f"{ips:7.1f} img/s")
+        if by_t.count.sum() > 0:
+            self.bar.write(f"[{self.stage.name}] {by_t.line()}")
+        self.t0, self.images = time.time(), 0
+
+    def close(self):
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages chain themselves: a later method trains (or reuses) what it depends on
+# ----------------------------------------------------------------------------------------------
+
+def run_stage(stage: Stage, cfg, dist, dataset, resume: bool) -> nn.Module:
+    """Train a stage, or reuse its finished checkpoint; returns its (EMA) model."""
+    path = Path(cfg.out) / f"{stage.name}.pt"
+    if path.is_file() and not resume:
+        done = load_checkpoint(path, stage.name)
+        if done["step"] >= stage.steps:
+            if dist.main:
+                print(f"[{stage.name}] reusing {path} (step {done['step']})")
+            stage.model.load_state_dict(done["ema"])
+            return stage.model
+        resume = True  # an unfinished earlier stage (a crash, Ctrl-C): continue it
+    if dist.main:
+        n = sum(p.numel() for p in stage.model.parameters()) / 1e6
+        print(f"[{stage.name}] training {n:.2f} M parameters for {stage.steps} steps -> {path}")
+    return train(stage, cfg, dist, dataset, path, resume)
+
+
+def measure_scaling(vae: nn.Module, dataset, cfg, dist: Dist) -> nn.Module:
+    """Set the VAE's scaling_factor to 1/std of its latents on training images (see vae.py)."""
+    if float(vae.scaling_factor) != 1.0:
+        return vae  # already measured (a reused checkpoint, or SD's 0.18215)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
+    batches = [b["target"].to(dist.device) for b, _ in zip(loader, range(8))]
+    with torch.no_grad():
+        vae.measure_scaling_factor(torch.cat([vae.encode(x)[0] for x in batches]))
+    if dist.main:
+        print(f"[vae] scaling_factor = {float(vae.scaling_factor):.4f} (1 / std of the latents)")
+    return vae
+
+
+def get_vae(cfg, dist, dataset) -> nn.Module:
+    if cfg.vae_ckpt:
+        return frozen(load_vae(cfg.vae_ckpt), dist.device)
+    vae = run_stage(vae_stage(cfg), cfg, dist, dataset, resume=cfg.resume and cfg.method == "vae")
+    return frozen(measure_scaling(vae.to(dist.device), dataset, cfg, dist), dist.device)
+
+
+def get_fusion(cfg, dist, dataset):
+    if cfg.method == "rpfm" or not cfg.use_fusion:
+        return None
+    if cfg.fusion_ckpt:
+        return frozen(load_fusion(cfg.fusion_ckpt), dist.device)
+    model = run_stage(fusion_stage(cfg), cfg, dist, dataset,
+                      resume=cfg.resume and cfg.method == "fusion")
+    return frozen(model, dist.device)
+
+
+def run(cfg: TrainConfig):
+    dist = setup_distributed(cfg.device)
+    seed_everything(cfg.seed)  # the same initial weights on every rank and every run
+    dataset = open_dataset(cfg, "train", dist)
+    if dist.main:
+        print(f"[data] {dataset.root} ({dataset.layout} layout): {len(dataset)} training pairs, "
+              f"{cfg.image_size}x{cfg.image_size}, device {dist.device}, {dist.world} process(es)")
+    if cfg.method == "vae":
+        model = get_vae(cfg, dist, dataset)
+    elif cfg.method == "fusion":
+        model = get_fusion(cfg, dist, dataset)
+        report_retrieval(model, cfg, dist)
+    else:
+        vae = get_vae(cfg, dist, dataset)
+        fusion_model = get_fusion(cfg, dist, dataset)
+        stage = latent_stage(cfg, vae, fusion_model, dataset.pose_channels)
+        model = run_stage(stage, cfg, dist, dataset, resume=cfg.resume)
+    if dist.world > 1:
+        check_ranks_agree(model, dist)
+        torch_dist.destroy_process_group()
+    return model
+
+
+def report_retrieval(model, cfg, dist):
+    """The seed paper's Table 2 on the test split: source alone vs the fused embedding."""
+    if not dist.main:
+        return
+    test = open_dataset(cfg, "test", Dist(device=dist.device))
+    loader = torch.utils.data.DataLoader(test, batch_size=64, shuffle=False)
+    table = fusion.evaluate_retrieval(model, loader)
+    print(f"[fusion] retrieval on {len(test)} test pairs ({cfg.fusion_loss} loss):")
+    for name, m in table.items():
+        print(f"  {name:14s} R@1 {m['R@1']:6.2f}  R@3 {m['R@3']:6.2f}  R@5 {m['R@5']:6.2f}  "
+              f"avg rank {m['avg_rank']:7.2f}")
+
+
+def check_ranks_agree(model: nn.Module, dist: Dist):
+    """DDP's promise, checked: every rank ends with the same weights."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    gathered = [torch.zeros_like(total) for _ in range(dist.world)]
+    torch_dist.all_gather(gathered, total.to(dist.device))
+    if dist.main:
+        agree = all(torch.allclose(g, gathered[0]) for g in gathered)
+        print(f"[ddp] {dist.world} ranks hold identical weights: {agree}")
+
+
+def main(argv=None):
+    try:
+        run(parse_config(argv))
+    except (ValueError, FileNotFoundError, data.DataError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the last checkpoint is on disk; rerun with --resume to continue")
+
+
+if __name__ == "__main__":
+    main()
