@@ -94,7 +94,7 @@ class TrainConfig:
     batch_size: int = _flag(16, "images per optimiser step, summed over all processes")
     lr: float = _flag(3e-4, "peak learning rate of the latent UNet (fpdm / rpfm)")
     vae_lr: float = _flag(1e-3, "peak learning rate of the VAE stage")
-    fusion_lr: float = _flag(3e-4, "peak learning rate of the fusion stage")
+    fusion_lr: float = _flag(1e-3, "peak learning rate of the fusion stage")
     weight_decay: float = _flag(0.0, "AdamW weight decay (0 as in DiT and LDM)")
     warmup: int = _flag(100, "linear learning-rate warm-up steps")
     grad_clip: float = _flag(1.0, "clip the global gradient norm to this")
@@ -439,12 +439,11 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
                                fusion_dim=fusion_model.embed_dim if fusion_model else 0)
     model = unet_lib.UNet(ucfg)
     process = make_process(cfg.method, cfg)
-    core = lambda m: m.module if isinstance(m, DistributedDataParallel) else m  # noqa: E731
 
     def loss(m, batch):
         with torch.no_grad():
             x = vae.encode_latents(batch["target"])  # (B, 4, h, w), unit variance
-        cond = build_cond(core(m), fusion_model, batch["source"], batch["target_pose"])
+        cond = build_cond(m, fusion_model, batch["source"], batch["target_pose"])
         return process.loss(m, x, cond)
 
     @torch.no_grad()
@@ -471,6 +470,22 @@ def component(model: nn.Module) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+
+class StepModule(nn.Module):
+    """A stage's whole loss as one forward pass.
+
+    note: DistributedDataParallel synchronises the gradients of what runs inside its forward.
+    Putting the loss there (VAE encode, source tokens, the process, the UNet) keeps every
+    trained parameter inside; calling `model.loss(...)` on a DDP wrapper would bypass it.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict):
+        return self.loss_fn(self.model, batch)
+
 
 def lr_at(step: int, peak: float, warmup: int) -> float:
     """Linear warm-up then constant, as DiT and most latent diffusion code do."""
@@ -523,7 +538,8 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
     start = restore(ckpt_path, stage, model, ema, opt, dist) if resume else 0
     if start == 0:
         seed_everything(cfg.seed + dist.rank)  # per-rank noise, same initialisation (below)
-    net = DistributedDataParallel(model) if dist.world > 1 else model
+    net = StepModule(model, stage.loss)
+    net = DistributedDataParallel(net) if dist.world > 1 else net
     batches = make_batches(cfg, dataset, dist, stage.batch_size // dist.world, start)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     log, by_t = StepLog(stage, start, dist), LossByT()
@@ -535,7 +551,7 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, stage.lr, cfg.warmup)
             with autocast:
-                loss, per_sample, t = stage.loss(net, batch)
+                loss, per_sample, t = net(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -110,16 +110,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_with_two_cpu_processes(fpdm_run, tiny_root, tmp_path):
+def test_ddp_with_two_cpu_processes(tiny_root, tmp_path):
+    """The whole fpdm chain (VAE, fusion, diffusion) under torchrun with gloo on 2 CPU processes."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "train.py", "--method", "rpfm", "--vae-ckpt", str(fpdm_run / "vae.pt"),
+           "train.py", "--method", "fpdm",
            "--data", str(tiny_root), "--out", str(tmp_path), *FAST, "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 ranks hold identical weights: True" in done.stdout
-    assert train.load_checkpoint(tmp_path / "rpfm.pt", "rpfm")["step"] == 2
+    for stage in ("vae", "fusion", "fpdm"):
+        assert train.load_checkpoint(tmp_path / f"{stage}.pt", stage)["step"] == 2
+    assert done.stdout.count("training") == 3  # rank 0 alone reports (and writes)
 
 
 @pytest.mark.parametrize("argv, expected", [
