@@ -369,6 +369,7 @@ class Stage:
 
 
 def vae_stage(cfg: TrainConfig) -> Stage:
+    seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     model = vae_lib.VAE(cfg.vae)
 
     def loss(m, batch):
@@ -385,6 +386,7 @@ def vae_stage(cfg: TrainConfig) -> Stage:
 
 
 def fusion_stage(cfg: TrainConfig) -> Stage:
+    seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     fcfg = dataclasses.replace(fusion.fusion_config(cfg.fusion),
                                source_enhanced=cfg.fusion_loss == "source_enhanced")
     model = fusion.FusionModel(fcfg)
@@ -431,6 +433,7 @@ def build_cond(model: unet_lib.UNet, fusion_model, source, pose) -> dict:
 
 def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: int) -> Stage:
     """FPDM and RPFM: the same UNet and conditions, trained by a different process."""
+    seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     # sizes follow the data and the frozen stages; fusion_dim 0: RPFM has no fusion input at all
     ucfg = dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size,
                                pose_channels=pose_channels,
@@ -532,14 +535,14 @@ class LossByT:
 def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, resume: bool):
     """Train `stage.model` for `stage.steps` steps and leave `ckpt_path`; returns the EMA model."""
     model, device = stage.model.to(dist.device), dist.device
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    net = StepModule(model, stage.loss)
+    net = DistributedDataParallel(net) if dist.world > 1 else net  # broadcasts rank 0's weights
+    ema = copy.deepcopy(model).eval().requires_grad_(False)  # note: after the broadcast
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr,
                             weight_decay=cfg.weight_decay)
     start = restore(ckpt_path, stage, model, ema, opt, dist) if resume else 0
     if start == 0:
-        seed_everything(cfg.seed + dist.rank)  # per-rank noise, same initialisation (below)
-    net = StepModule(model, stage.loss)
-    net = DistributedDataParallel(net) if dist.world > 1 else net
+        seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and dropping
     batches = make_batches(cfg, dataset, dist, stage.batch_size // dist.world, start)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     log, by_t = StepLog(stage, start, dist), LossByT()
@@ -719,7 +722,6 @@ def get_fusion(cfg, dist, dataset):
 
 def run(cfg: TrainConfig):
     dist = setup_distributed(cfg.device)
-    seed_everything(cfg.seed)  # the same initial weights on every rank and every run
     dataset = open_dataset(cfg, "train", dist)
     if dist.main:
         print(f"[data] {dataset.root} ({dataset.layout} layout): {len(dataset)} training pairs, "
