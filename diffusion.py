@@ -340,12 +340,13 @@ def nfe_table(steps: int = DEFAULT_STEPS, batch: int = 2) -> list[tuple[str, int
     return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="NFE per image of the diffusion samplers (FPDM conditions)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+def nfe_main(nfe_table_fn, description: str, argv=None) -> None:
+    """The CLI of both process files: print the NFE table of their samplers, checked by counting."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's)")
     args = parser.parse_args(argv)
     try:
-        table = nfe_table(args.steps)
+        table = nfe_table_fn(args.steps) if args.steps else nfe_table_fn()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -353,6 +354,10 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | --- |")
     for label, predicted, counted, calls in table:
         print(f"| {label} | {predicted} | {counted} | {calls} |")
+
+
+def main(argv=None) -> None:
+    nfe_main(nfe_table, "NFE per image of the diffusion samplers (FPDM conditions)", argv)
 
 
 if __name__ == "__main__":

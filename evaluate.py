@@ -21,7 +21,7 @@ Every scorer returns a plain metrics dict (score_folders, score_baselines) and p
 {row name: dict} with the columns in TABLE_COLUMNS, so further rows or columns (the retrieval
 metrics of the fusion stage, fusion.py) join the same table and JSON.
 
-Files are matched by name (CONTRACT.md): the generated `{source_stem}___{target_stem}.png`
+Files are matched by name, the way sample.py writes them: the generated `{source_stem}___{target_stem}.png`
 matches the real image whose stem is `target_stem`; a name without `___` matches by its own stem.
 Both sides are resized to the evaluation size with data.resize_for_eval (bicubic, antialiased).
 
@@ -56,6 +56,7 @@ import torchvision
 from PIL import Image
 from tqdm import tqdm
 
+import fusion
 from data import PairDataset, resize_for_eval
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -441,6 +442,8 @@ class EvalConfig:
     mean_images: int = field(default=0, metadata={"help": "train images in the mean image (0 = all)"})
     max_pairs: int = field(default=0, metadata={
         "help": "score only the first N pairs (0 = all): a quick look, not a paper number"})
+    fusion_ckpt: Optional[str] = field(default=None, metadata={
+        "help": "a fusion .pt from train.py: the retrieval table (R@k, average rank) on --data's --split"})
     random_init_for_testing: bool = field(default=False, metadata={
         "help": "LPIPS/FID from untrained random networks: exercises the code, numbers are meaningless"})
 
@@ -701,8 +704,24 @@ TABLE_COLUMNS = [("n_images", "N", "{:d}"), ("ssim", "SSIM", "{:.4f}"), ("psnr",
                  ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"), ("fid_ref", "FID-ref", "{:.2f}")]
 
 
+RETRIEVAL_COLUMNS = [("R@1", "R@1", "{:.1%}"), ("R@3", "R@3", "{:.1%}"), ("R@5", "R@5", "{:.1%}"),
+                     ("avg_rank", "avg rank", "{:.2f}")]
+
+
+def score_retrieval(ckpt_path, root, split="test", batch_size=64, device="auto") -> dict:
+    """FPDM's Table 2 for a trained fusion stage: rank every pair's true target among all test
+    targets by the fused embedding, and by the source embedding alone (the reference row)."""
+    import train  # the checkpoint format belongs to the script that writes it
+
+    model = train.load_fusion(ckpt_path).to(train.pick_device(device)).eval()
+    pairs = PairDataset(root, split, model.image_size)  # the encoder's own input size
+    loader = torch.utils.data.DataLoader(pairs, batch_size=batch_size, shuffle=False)
+    return fusion.evaluate_retrieval(model, loader)
+
+
 def print_table(rows: dict, columns=None, file=None) -> None:
     """Print {row name: metrics dict} as a fixed-width table; columns no row has are skipped."""
+    retrieval = columns is RETRIEVAL_COLUMNS
     columns = [c for c in (columns or TABLE_COLUMNS) if any(c[0] in row for row in rows.values())]
     cells = [["", *[header for _, header, _ in columns]]]
     for name, row in rows.items():
@@ -711,13 +730,19 @@ def print_table(rows: dict, columns=None, file=None) -> None:
     for line in cells:
         print("  ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]),
               file=file)
-    print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID", file=file)
+    if retrieval:
+        print("higher is better: R@k; lower is better: average rank (1 is perfect)", file=file)
+    else:
+        print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID", file=file)
 
 
 def _check_request(cfg: EvalConfig) -> None:
     """Fail on a malformed request in a second, before any network loads."""
-    if cfg.generated is None and not cfg.baselines:
-        raise ValueError("nothing to score: pass --generated DIR --real DIR and/or --baselines --data ROOT")
+    if cfg.generated is None and not cfg.baselines and cfg.fusion_ckpt is None:
+        raise ValueError("nothing to score: pass --generated DIR --real DIR, --baselines --data ROOT "
+                         "or --fusion-ckpt PATH --data ROOT")
+    if cfg.fusion_ckpt is not None and cfg.data is None:
+        raise ValueError("--fusion-ckpt needs --data ROOT (the dataset whose test pairs are ranked)")
     if cfg.generated is not None and cfg.real is None:
         raise ValueError("--generated needs --real (the folder of ground-truth images)")
     if cfg.baselines and cfg.data is None:
@@ -730,6 +755,8 @@ def run(cfg: EvalConfig) -> dict:
     """Score what the config names, print notes and the table, write the JSON; returns the JSON dict."""
     size = parse_size(cfg.size)
     _check_request(cfg)
+    if cfg.fusion_ckpt is not None:
+        return run_retrieval(cfg)
     metrics = build_metrics(cfg)
     for line in metrics.notes:  # what is left out, said before minutes of scoring
         print(f"note: {line}")
@@ -756,6 +783,17 @@ def run(cfg: EvalConfig) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return result
+
+
+def run_retrieval(cfg: EvalConfig) -> dict:
+    rows = score_retrieval(cfg.fusion_ckpt, cfg.data, cfg.split, cfg.batch_size, cfg.device)
+    print(f"retrieval of the true target among all {cfg.split} targets ({cfg.fusion_ckpt}):")
+    print_table(rows, RETRIEVAL_COLUMNS)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"retrieval": rows, "config": dataclasses.asdict(cfg)}, indent=2))
+    print(f"wrote {out}")
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,13 +36,10 @@ Shape letters: B batch, C latent channels, h w latent height/width, N sampling s
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import torch
 
 from diffusion import (FPDM_DROP_PROBS, RowCounter, drop_conditions, gaussian_like, guidance_branches,
-                       guided_output, progress_bar)
+                       guided_output, nfe_main, progress_bar)
 
 # Our choice, not a figure from the RPFM paper (whose step count we could not find): 10 Euler steps,
 # i.e. 20 network evaluations per image with two guidance branches, half of FPDM's 20 x 2.
@@ -202,17 +199,7 @@ def nfe_table(steps: int = DEFAULT_STEPS, batch: int = 2) -> list[tuple[str, int
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="NFE per image of the flow-matching solvers (RPFM conditions)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    args = parser.parse_args(argv)
-    try:
-        table = nfe_table(args.steps)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print("| setting | NFE per image (nfe()) | counted | forward calls |\n| --- | --- | --- | --- |")
-    for label, predicted, counted, calls in table:
-        print(f"| {label} | {predicted} | {counted} | {calls} |")
+    nfe_main(nfe_table, "NFE per image of the flow-matching solvers (RPFM conditions)", argv)
     print("\n| solver | steps | NFE | max abs error vs exact map, N(2, 0.5^2) |\n| --- | --- | --- | --- |")
     for solver, steps, budget, error in solver_errors():
         print(f"| {solver} | {steps} | {budget} | {error:.1e} |")

@@ -78,22 +78,25 @@ class TrainConfig:
     preset: str = _flag("tiny", "named size: tiny (CPU), base256 / base512 (one GPU)")
     data: str = _flag("", "dataset root in any DeepFashion layout; empty: the built-in benchmark")
     out: str = _flag("", "output folder for checkpoints and grids; empty: runs/<preset>")
-    image_size: int = _flag(64, "square training resolution (photos are stretched, as CFLD does)")
-    bench_size: str = _flag("128x88", "HxW of the synthesised benchmark photos")
+    image_size: int = _flag(32, "square training resolution (photos are stretched, as CFLD does)")
+    bench_size: str = _flag("64x44", "HxW of the synthesised benchmark photos")
     unet: str = _flag("tiny", "unet.PRESETS entry")
     vae: str = _flag("tiny", "vae.VAE_PRESETS entry")
     fusion: str = _flag("tiny", "fusion.FUSION_PRESETS entry")
     vae_ckpt: str = _flag("", "a trained VAE: our .pt, or a diffusers AutoencoderKL folder")
+    fusion_pretrained: str = _flag("", "fusion encoder weights: an open_clip tag (openai) or a local "
+                                       "file; empty: the preset's (tiny: random init)")
+    source_checkpoint: str = _flag("", "a local timm weight file for a ViT source encoder (DINOv2)")
     fusion_ckpt: str = _flag("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool = _flag(True, "fpdm: condition on the fusion embedding (off: ablations B1-B3)")
     fusion_loss: str = _flag("source_enhanced", "stage-1 InfoNCE variant",
                              choices=("baseline", "source_enhanced"))
-    steps: int = _flag(1200, "optimiser steps of the method named by --method")
+    steps: int = _flag(1400, "optimiser steps of the method named by --method")
     vae_steps: int = _flag(500, "steps of the VAE stage when it is trained on the way")
     fusion_steps: int = _flag(400, "steps of the fusion stage when it is trained on the way")
     batch_size: int = _flag(16, "images per optimiser step, summed over all processes")
-    lr: float = _flag(3e-4, "peak learning rate of the latent UNet (fpdm / rpfm)")
-    vae_lr: float = _flag(1e-3, "peak learning rate of the VAE stage")
+    lr: float = _flag(1e-3, "peak learning rate of the latent UNet (fpdm / rpfm)")
+    vae_lr: float = _flag(2e-3, "peak learning rate of the VAE stage")
     fusion_lr: float = _flag(1e-3, "peak learning rate of the fusion stage")
     weight_decay: float = _flag(0.0, "AdamW weight decay (0 as in DiT and LDM)")
     warmup: int = _flag(100, "linear learning-rate warm-up steps")
@@ -106,7 +109,7 @@ class TrainConfig:
     grid_steps: int = _flag(0, "sampling steps for the grid; 0: the process's default")
     w_src: float = _flag(2.0, "guidance weight of pose + source in the grid")
     w_fus: float = _flag(2.5, "guidance weight of the fusion embedding in the grid (fpdm)")
-    log_every: int = _flag(50, "steps between fixed-width log lines")
+    log_every: int = _flag(100, "steps between fixed-width log lines")
     sample_every: int = _flag(400, "steps between PNG grids")
     ckpt_every: int = _flag(400, "steps between checkpoints (one is always written at the end)")
     grid_rows: int = _flag(6, "pairs shown in a grid")
@@ -117,6 +120,9 @@ class TrainConfig:
     resume: bool = _flag(False, "continue --method from <out>/<method>.pt")
 
 
+# tiny: the main job, `python train.py --method rpfm` on 2 CPU cores in under 10 minutes. 32 px
+# images (8x8x4 latents) because on a CPU the number of steps is what buys quality: at 64 px a
+# step costs about 2.5x more and 10 minutes gave blobs; at 32 px 1,400 steps give a person.
 # Sizes as in the papers for the GPU presets: 256x176 photos trained at 256x256 (CFLD, FPDM)
 # and 512x352 at 512x512 (PCDM); SD's VAE shape (downsample 8).
 PRESETS = {
@@ -150,13 +156,13 @@ def build_parser(config_cls, description: str, presets: dict | None = None) -> O
         help_text = meta.pop("help", "") + f" (default: {getattr(defaults, f.name)!r})"
         if f.name == "preset" and presets is not None:
             meta["choices"] = list(presets)
-        if f.type in ("bool", bool):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__  # "int" under __future__
+        if kind == "bool":  # --flag / --no-flag
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type).replace("<class '", "")
-                                                          .rstrip("'>")]
-            parser.add_argument(flag, type=kind, default=None, help=help_text, **meta)
+            parser.add_argument(flag, type={"int": int, "float": float, "str": str}[kind],
+                                default=None, help=help_text, **meta)
     return parser
 
 
@@ -187,11 +193,16 @@ class Dist:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """`auto` is the GPU when there is one; a named device must exist (one clear line if not)."""
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible to torch")
+    return device
 
 
 def setup_distributed(device_name: str) -> Dist:
@@ -219,30 +230,37 @@ def seed_everything(seed: int):
 class EpochBatches(torch.utils.data.Sampler):
     """Yields this rank's index lists forever: epoch e is a permutation seeded by (seed, e).
 
-    Starting at `start_step` skips exactly the batches an uninterrupted run already used, which
-    is what makes `--resume` continue on the same data. With `flip`, an index i >= n means
-    "item i - n, mirrored": the coin is tossed here, in the checkpointed order, not in a worker.
+    `batch_size` is the global batch, split evenly over the `world` ranks. Starting at
+    `start_step` skips exactly the batches an uninterrupted run already used, which is what
+    makes `--resume` continue on the same data. With `flip`, an index i >= n means "item i - n,
+    mirrored": the coin is tossed here, in the checkpointed order, not in a worker.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  start_step: int = 0, flip: bool = False):
         if n < batch_size:
             raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({n} pairs)")
+        if batch_size % world:
+            raise ValueError(f"--batch-size {batch_size} does not split over {world} processes")
         self.n, self.batch, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.start, self.flip = start_step, flip
         self.per_epoch = n // batch_size  # drop the ragged last batch: every step is full
 
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=g)  # (n,)
+        if self.flip:
+            order = order + self.n * (torch.rand(self.n, generator=g) < 0.5).long()  # (n,)
+        return order
+
     def __iter__(self):
-        step = self.start
+        epoch, k = divmod(self.start, self.per_epoch)
         while True:
-            epoch, k = divmod(step, self.per_epoch)
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(self.n, generator=g)  # (n,)
-            flips = torch.rand(self.n, generator=g) < 0.5 if self.flip else torch.zeros(self.n, dtype=torch.bool)
-            idx = order[k * self.batch:(k + 1) * self.batch]  # (batch,) the global batch
-            idx = idx + self.n * flips[idx].long()
-            yield idx[self.rank::self.world].tolist()  # this rank's share
-            step += 1
+            order = self.epoch_order(epoch)
+            for k in range(k, self.per_epoch):
+                idx = order[k * self.batch:(k + 1) * self.batch]  # (batch,) the global batch
+                yield idx[self.rank::self.world].tolist()  # this rank's share
+            epoch, k = epoch + 1, 0
 
 
 class FlipIndexed(torch.utils.data.Dataset):
@@ -282,7 +300,8 @@ def parse_size(text: str, flag: str) -> tuple[int, int]:
 
 
 def make_batches(cfg, dataset, dist: Dist, batch_size: int, start_step: int):
-    """An endless iterator of collated batches on `dist.device`, resumable at `start_step`."""
+    """An endless iterator of this rank's collated batches on `dist.device`, resumable at
+    `start_step`; `batch_size` is the global batch."""
     both = FlipIndexed(dataset)
     sampler = EpochBatches(len(dataset), batch_size, cfg.seed, dist.rank, dist.world,
                            start_step, flip=cfg.flip)
@@ -389,6 +408,8 @@ def fusion_stage(cfg: TrainConfig) -> Stage:
     seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     fcfg = dataclasses.replace(fusion.fusion_config(cfg.fusion),
                                source_enhanced=cfg.fusion_loss == "source_enhanced")
+    if cfg.fusion_pretrained:
+        fcfg = dataclasses.replace(fcfg, pretrained=cfg.fusion_pretrained)
     model = fusion.FusionModel(fcfg)
 
     def loss(m, batch):
@@ -408,7 +429,7 @@ def make_process(method: str, cfg: TrainConfig):
 
 
 def sample_latents(process, model, noise, cond, steps: int, w_src: float, w_fus: float):
-    """One call for both processes (their sampler argument is named differently)."""
+    """Draw latents with either process, at its default sampler (and steps, when 0 is given)."""
     steps = steps or process_default_steps(process)
     return process.sample(model, noise, cond, steps, w_src=w_src, w_fus=w_fus)
 
@@ -440,6 +461,8 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
                                latent_size=cfg.image_size // vae.downsample_factor,
                                latent_channels=vae.latent_channels,
                                fusion_dim=fusion_model.embed_dim if fusion_model else 0)
+    if cfg.source_checkpoint:
+        ucfg = dataclasses.replace(ucfg, source_checkpoint=cfg.source_checkpoint)
     model = unet_lib.UNet(ucfg)
     process = make_process(cfg.method, cfg)
 
@@ -452,7 +475,8 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
     @torch.no_grad()
     def grid(ema, batch):
         cond = build_cond(ema, fusion_model, batch["source"], batch["target_pose"])
-        noise = torch.randn_like(vae.encode_latents(batch["target"]))
+        b, h = batch["target"].shape[0], ucfg.latent_size
+        noise = torch.randn(b, ucfg.latent_channels, h, h, device=batch["target"].device)  # (B, 4, h, w)
         z = sample_latents(process, ema, noise, cond, cfg.grid_steps, cfg.w_src, cfg.w_fus)
         fake = vae.decode_latents(z).clamp(-1, 1)  # (B, 3, H, W)
         pose = batch["target_pose"][:, :3] * 2 - 1  # pose map drawn in the same [-1, 1] range
@@ -543,7 +567,7 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
     start = restore(ckpt_path, stage, model, ema, opt, dist) if resume else 0
     if start == 0:
         seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and dropping
-    batches = make_batches(cfg, dataset, dist, stage.batch_size // dist.world, start)
+    batches = make_batches(cfg, dataset, dist, stage.batch_size, start)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     log, by_t = StepLog(stage, start, dist), LossByT()
     save = lambda step: save_stage(ckpt_path, stage, cfg, model, ema, opt, step, dist)  # noqa
@@ -563,16 +587,21 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
             done = step + 1
             by_t.add(per_sample, t)
             log.step(step, loss, grad_norm, opt.param_groups[0]["lr"], by_t, cfg.log_every)
-            if stage.grid and dist.main and ((step + 1) % cfg.sample_every == 0 or step + 1 == stage.steps):
-                write_grid(stage, ema, batch, ckpt_path.parent / f"{stage.name}_{step + 1:07d}.png", cfg)
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stage.steps:
-                save(step + 1)
+            if stage.grid and dist.main and due(done, cfg.sample_every, stage.steps):
+                write_grid(stage, ema, batch, ckpt_path.parent / f"{stage.name}_{done:07d}.png", cfg)
+            if due(done, cfg.ckpt_every, stage.steps):
+                save(done)
     except KeyboardInterrupt:
         save(done)  # nothing lost: the steps done so far are on disk, --resume continues
         log.close()
         raise
     log.close()
     return ema
+
+
+def due(done: int, every: int, total: int) -> bool:
+    """Every `every` steps, and always after the last one."""
+    return done % every == 0 or done == total
 
 
 def restore(path: Path, stage: Stage, model, ema, opt, dist: Dist) -> int:
@@ -652,7 +681,7 @@ class StepLog:
     def step(self, step, loss, grad_norm, lr, by_t: LossByT, every: int):
         self.images += self.stage.batch_size
         self.bar.update(1)
-        if not self.main or (step + 1) % every and step + 1 != self.stage.steps:
+        if not self.main or not due(step + 1, every, self.stage.steps):
             return
         dt = time.time() - self.t0
         ips = self.images / max(dt, 1e-9)
@@ -691,9 +720,13 @@ def run_stage(stage: Stage, cfg, dist, dataset, resume: bool) -> nn.Module:
 
 
 def measure_scaling(vae: nn.Module, dataset, cfg, dist: Dist) -> nn.Module:
-    """Set the VAE's scaling_factor to 1/std of its latents on training images (see vae.py)."""
+    """Set the VAE's scaling_factor to 1/std of its latents on training images (see vae.py).
+
+    note: deterministic (the first 256 training targets, in order), so every run that reuses
+    a VAE measures the same factor.
+    """
     if float(vae.scaling_factor) != 1.0:
-        return vae  # already measured (a reused checkpoint, or SD's 0.18215)
+        return vae  # 1.0 means "not measured yet"; SD's VAE comes with its 0.18215
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
     batches = [b["target"].to(dist.device) for b, _ in zip(loader, range(8))]
     with torch.no_grad():
@@ -704,9 +737,12 @@ def measure_scaling(vae: nn.Module, dataset, cfg, dist: Dist) -> nn.Module:
 
 
 def get_vae(cfg, dist, dataset) -> nn.Module:
+    """The frozen VAE, its scaling factor measured (it is then saved inside fpdm/rpfm files)."""
     if cfg.vae_ckpt:
-        return frozen(load_vae(cfg.vae_ckpt), dist.device)
-    vae = run_stage(vae_stage(cfg), cfg, dist, dataset, resume=cfg.resume and cfg.method == "vae")
+        vae = load_vae(cfg.vae_ckpt)
+    else:
+        vae = run_stage(vae_stage(cfg), cfg, dist, dataset,
+                        resume=cfg.resume and cfg.method == "vae")
     return frozen(measure_scaling(vae.to(dist.device), dataset, cfg, dist), dist.device)
 
 
@@ -746,13 +782,12 @@ def report_retrieval(model, cfg, dist):
     """The seed paper's Table 2 on the test split: source alone vs the fused embedding."""
     if not dist.main:
         return
+    import evaluate  # the one place tables of metrics are printed
+
     test = open_dataset(cfg, "test", Dist(device=dist.device))
     loader = torch.utils.data.DataLoader(test, batch_size=64, shuffle=False)
-    table = fusion.evaluate_retrieval(model, loader)
     print(f"[fusion] retrieval on {len(test)} test pairs ({cfg.fusion_loss} loss):")
-    for name, m in table.items():
-        print(f"  {name:14s} R@1 {m['R@1']:6.2f}  R@3 {m['R@3']:6.2f}  R@5 {m['R@5']:6.2f}  "
-              f"avg rank {m['avg_rank']:7.2f}")
+    evaluate.print_table(fusion.evaluate_retrieval(model, loader), evaluate.RETRIEVAL_COLUMNS)
 
 
 def check_ranks_agree(model: nn.Module, dist: Dist):

@@ -94,14 +94,13 @@ def test_resume_matches_an_uninterrupted_run(fpdm_run, tiny_root, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
 
 
-def test_batches_resume_where_they_stopped():
-    straight = train.EpochBatches(10, 4, seed=3, flip=True)
-    first = [b for b, _ in zip(straight, range(7))]
+def test_batches_resume_where_they_stopped_and_split_over_ranks():
+    straight = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, flip=True), range(7))]
     later = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, start_step=4, flip=True), range(3))]
-    assert first[4:] == later
-    ranks = [next(iter(train.EpochBatches(10, 4, seed=3, rank=r, world=2))) for r in (0, 1)]
-    assert sorted(ranks[0] + ranks[1]) == sorted(first[0] if not any(i >= 10 for i in first[0])
-                                                  else next(iter(train.EpochBatches(10, 4, seed=3))))
+    assert straight[4:] == later  # 2 batches an epoch: this crosses epoch boundaries
+    assert all(len(b) == 4 and len(set(i % 10 for i in b)) == 4 for b in straight)  # no repeats
+    ranks = [next(iter(train.EpochBatches(10, 4, seed=3, rank=r, world=2, flip=True))) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 and sorted(ranks[0] + ranks[1]) == sorted(straight[0])
 
 
 def free_port() -> int:
