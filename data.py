@@ -1149,8 +1149,19 @@ def parse_size(text: str) -> tuple:
     return int(match.group(1)), int(match.group(2))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for every script of the project: a bad flag is one line `error: ...`, exit 2.
+
+    note: plain argparse prints its whole usage first; the line that says what is wrong is
+    easier to see alone (the usage is one `--help` away).
+    """
+
+    def error(self, message):
+        sys.exit(f"error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="DeepFashion pairs, pose maps and the built-in benchmark.")
+    p = OneLineParser(description="DeepFashion pairs, pose maps and the built-in benchmark.")
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--synthesize", metavar="OUT", help="draw the built-in benchmark into OUT")
     task.add_argument("--check", metavar="ROOT", help="layout, counts and missing files of a data folder")

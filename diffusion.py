@@ -342,11 +342,12 @@ def nfe_table(steps: int = DEFAULT_STEPS, batch: int = 2) -> list[tuple[str, int
 
 def nfe_main(nfe_table_fn, description: str, argv=None) -> None:
     """The CLI of both process files: print the NFE table of their samplers, checked by counting."""
-    parser = argparse.ArgumentParser(description=description)
+    from data import OneLineParser  # the project's CLI convention (here only, not at import)
+    parser = OneLineParser(description=description)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's)")
     args = parser.parse_args(argv)
     try:
-        table = nfe_table_fn(args.steps) if args.steps else nfe_table_fn()
+        table = nfe_table_fn() if args.steps is None else nfe_table_fn(args.steps)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

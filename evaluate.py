@@ -57,10 +57,10 @@ from PIL import Image
 from tqdm import tqdm
 
 import fusion
-from data import PairDataset, resize_for_eval
+from data import OneLineParser, PairDataset, resize_for_eval
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-NAME_SEPARATOR = "___"  # generated files are named {source_stem}___{target_stem}.png (CONTRACT.md)
+NAME_SEPARATOR = "___"  # sample.py names generated files {source_stem}___{target_stem}.png
 SIZE_PRESETS = {"256x176": (256, 176), "512x352": (512, 352)}  # the two PGPIS evaluation sizes
 
 
@@ -521,7 +521,7 @@ def list_images(folder, what: str) -> list[Path]:
 
 
 def target_stem(file_name: str) -> str:
-    """The ground-truth stem a generated file is scored against (CONTRACT.md naming)."""
+    """The ground-truth stem a generated file is scored against (sample.py's naming)."""
     stem = Path(file_name).stem
     return stem.rsplit(NAME_SEPARATOR, 1)[1] if NAME_SEPARATOR in stem else stem
 
@@ -798,7 +798,7 @@ def run_retrieval(cfg: EvalConfig) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per EvalConfig field: bools are switches, ints typed, the rest strings."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -138,16 +138,9 @@ PRESETS = {
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line `error: ...` and exit 2, not usage + traceback."""
-
-    def error(self, message):
-        sys.exit(f"error: {message}")
-
-
-def build_parser(config_cls, description: str, presets: dict | None = None) -> OneLineParser:
+def build_parser(config_cls, description: str, presets: dict | None = None) -> data.OneLineParser:
     """Generate one --flag per dataclass field; defaults stay None so presets can fill them."""
-    parser = OneLineParser(description=description,
+    parser = data.OneLineParser(description=description,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = config_cls()
     for f in dataclasses.fields(config_cls):

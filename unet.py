@@ -589,7 +589,8 @@ def time_training_step(preset: str, batch_size: int = 16, repeats: int = 5) -> t
 
 
 def main():
-    parser = argparse.ArgumentParser(description="UNet parameter counts; --time PRESET times a training step")
+    from data import OneLineParser  # the project's CLI convention (here only, not at import)
+    parser = OneLineParser(description="UNet parameter counts; --time PRESET times a training step")
     parser.add_argument("--time", choices=list(PRESETS), help="time a CPU training step of this preset")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

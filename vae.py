@@ -590,7 +590,8 @@ def time_training_step(model: VAE, image_size: int, batch_size: int, steps: int 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from data import OneLineParser  # the project's CLI convention (here only, not at import)
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(VAE_PRESETS), default="tiny")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -4,6 +4,7 @@ one-line errors for bad input.
 
     python -m pytest -q tests/test_train.py
 """
+import json
 import os
 import socket
 import subprocess
@@ -60,6 +61,17 @@ def test_fusion_method_reports_retrieval(fpdm_run, tiny_root, capsys):
     run_train(tiny_root, fpdm_run, "--method", "fusion")
     out = capsys.readouterr().out
     assert "source alone" in out and "R@1" in out
+
+
+def test_evaluate_scores_retrieval_of_a_fusion_checkpoint(fpdm_run, tiny_root, tmp_path):
+    import evaluate
+
+    rows = evaluate.main(["--fusion-ckpt", str(fpdm_run / "fusion.pt"), "--data", str(tiny_root),
+                          "--out", str(tmp_path / "r.json")])
+    assert set(rows) == {"source alone", "fused"}
+    for row in rows.values():
+        assert 0 <= row["R@1"] <= row["R@3"] <= row["R@5"] <= 1 and row["avg_rank"] >= 1
+    assert json.loads((tmp_path / "r.json").read_text())["retrieval"] == rows
 
 
 def test_losses_are_finite_and_training_moves_weights(fpdm_run, tiny_root):
@@ -130,6 +142,8 @@ def test_ddp_with_two_cpu_processes(tiny_root, tmp_path):
     (["--steps", "many"], "invalid int value"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--vae-ckpt", "/no/such.pt"], "/no/such.pt does not exist"),
+    (["--device", "tpu9"], "--device 'tpu9'"),
+    (["--bench-size", "big"], "--bench-size 'big'"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
