@@ -120,7 +120,8 @@ def random_generator(method: str, preset: str, device) -> Generator:
     """Randomly initialised models of a train.py preset: speed does not depend on the weights."""
     tcfg = train.parse_config(["--method", method, "--preset", preset])
     vae = vae_lib.VAE(tcfg.vae)
-    fus = fusion.FusionModel(tcfg.fusion) if method == "fpdm" else None
+    # note: never pretrained weights here (speed does not depend on them, nothing to download)
+    fus = fusion.FusionModel(tcfg.fusion, load_pretrained=False) if method == "fpdm" else None
     stage = train.latent_stage(tcfg, vae, fus, pose_channels=3)
     return Generator(method, train.make_process(method, tcfg),
                      *(train.frozen(m, device) if m is not None else None

@@ -80,12 +80,13 @@ class TrainConfig:
     out: str = _flag("", "output folder for checkpoints and grids; empty: runs/<preset>")
     image_size: int = _flag(32, "square training resolution (photos are stretched, as CFLD does)")
     bench_size: str = _flag("64x44", "HxW of the synthesised benchmark photos")
-    unet: str = _flag("tiny", "unet.PRESETS entry")
-    vae: str = _flag("tiny", "vae.VAE_PRESETS entry")
-    fusion: str = _flag("tiny", "fusion.FUSION_PRESETS entry")
+    unet: str = _flag("tiny", "UNet size (unet.PRESETS)", choices=tuple(unet_lib.PRESETS))
+    vae: str = _flag("tiny", "VAE size (vae.VAE_PRESETS)", choices=tuple(vae_lib.VAE_PRESETS))
+    fusion: str = _flag("tiny", "fusion encoder (fusion.FUSION_PRESETS)",
+                        choices=tuple(fusion.FUSION_PRESETS))
     vae_ckpt: str = _flag("", "a trained VAE: our .pt, or a diffusers AutoencoderKL folder")
-    fusion_pretrained: str = _flag("", "fusion encoder weights: an open_clip tag (openai) or a local "
-                                       "file; empty: the preset's (tiny: random init)")
+    fusion_pretrained: str = _flag("", "fusion encoder weights: an open_clip tag (openai), a local "
+                                       "file, or none (random init); empty: the preset's")
     source_checkpoint: str = _flag("", "a local timm weight file for a ViT source encoder (DINOv2)")
     fusion_ckpt: str = _flag("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool = _flag(True, "fpdm: condition on the fusion embedding (off: ablations B1-B3)")
@@ -140,8 +141,7 @@ PRESETS = {
 
 def build_parser(config_cls, description: str, presets: dict | None = None) -> data.OneLineParser:
     """Generate one --flag per dataclass field; defaults stay None so presets can fill them."""
-    parser = data.OneLineParser(description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = data.OneLineParser(description=description)
     defaults = config_cls()
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
@@ -161,7 +161,9 @@ def build_parser(config_cls, description: str, presets: dict | None = None) -> d
 
 def parse_config(argv=None) -> TrainConfig:
     """Defaults < preset < flags given on the command line."""
-    args = build_parser(TrainConfig, __doc__.splitlines()[0], PRESETS).parse_args(argv)
+    about = (__doc__.splitlines()[0] + " The defaults shown are the tiny preset's; "
+             "--preset base256 / base512 changes them (see PRESETS).")
+    args = build_parser(TrainConfig, about, PRESETS).parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = dataclasses.replace(TrainConfig(), **PRESETS[given.get("preset", "tiny")])
     cfg = dataclasses.replace(cfg, **given)
@@ -402,7 +404,8 @@ def fusion_stage(cfg: TrainConfig) -> Stage:
     fcfg = dataclasses.replace(fusion.fusion_config(cfg.fusion),
                                source_enhanced=cfg.fusion_loss == "source_enhanced")
     if cfg.fusion_pretrained:
-        fcfg = dataclasses.replace(fcfg, pretrained=cfg.fusion_pretrained)
+        weights = "" if cfg.fusion_pretrained == "none" else cfg.fusion_pretrained  # "" = random
+        fcfg = dataclasses.replace(fcfg, pretrained=weights)
     model = fusion.FusionModel(fcfg)
 
     def loss(m, batch):
