@@ -106,6 +106,29 @@ def test_resume_matches_an_uninterrupted_run(fpdm_run, tiny_root, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
 
 
+def test_ctrl_c_saves_the_finished_steps_and_resume_continues_exactly(fpdm_run, tiny_root,
+                                                                      tmp_path, monkeypatch):
+    common = ["--method", "rpfm", "--vae-ckpt", str(fpdm_run / "vae.pt"), "--steps", "3"]
+    run_train(tiny_root, tmp_path / "straight", *common)
+    real_lr_at = train.lr_at
+
+    def interrupt_at_step_2(step, *args):
+        if step == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while step 3 was starting
+        return real_lr_at(step, *args)
+
+    monkeypatch.setattr(train, "lr_at", interrupt_at_step_2)
+    argv = ["--data", str(tiny_root), "--out", str(tmp_path / "cut"), *FAST, *common]
+    with pytest.raises(SystemExit, match="interrupted"):
+        train.main(argv)
+    assert train.load_checkpoint(tmp_path / "cut" / "rpfm.pt")["step"] == 2
+    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    run_train(tiny_root, tmp_path / "cut", *common, "--resume")
+    a = train.load_checkpoint(tmp_path / "straight" / "rpfm.pt")
+    b = train.load_checkpoint(tmp_path / "cut" / "rpfm.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_batches_resume_where_they_stopped_and_split_over_ranks():
     straight = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, flip=True), range(7))]
     later = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, start_step=4, flip=True), range(3))]
