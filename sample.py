@@ -96,7 +96,8 @@ class Generator:
     vae: nn.Module
     fusion: nn.Module | None
     image_size: int
-    data_root: str = ""
+    data_root: str = ""         # the dataset it was trained on ("" = the built-in benchmark)
+    bench_size: str = "64x44"   # that benchmark's photo size
 
 
 def from_checkpoint(path: str, use_ema: bool, device) -> Generator:
@@ -113,7 +114,7 @@ def from_checkpoint(path: str, use_ema: bool, device) -> Generator:
     return Generator(ckpt["method"], train.make_process(ckpt["method"], tcfg),
                      *(train.frozen(m, device) if m is not None else None
                        for m in (model, vae, fus)),
-                     image_size=tcfg.image_size, data_root=tcfg.data)
+                     image_size=tcfg.image_size, data_root=tcfg.data, bench_size=tcfg.bench_size)
 
 
 def random_generator(method: str, preset: str, device) -> Generator:
@@ -235,7 +236,8 @@ def print_timing(rows: list[dict]):
 def sample_dataset(cfg: SampleConfig, device):
     gen = from_checkpoint(cfg.ckpt, cfg.ema, device)
     maybe_compile(gen, cfg, device)
-    root = cfg.data or gen.data_root or str(data.ensure_benchmark(size=bench_size(cfg.ckpt)))
+    root = cfg.data or gen.data_root or str(
+        data.ensure_benchmark(size=train.parse_size(gen.bench_size, "bench_size")))
     dataset = data.PairDataset(root, cfg.split, gen.image_size)
     if cfg.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
@@ -271,11 +273,6 @@ def maybe_compile(gen: Generator, cfg: SampleConfig, device):
         if device.type != "cuda":
             print("note: --compile is meant for CUDA; compiling for the CPU anyway")
         gen.unet.forward = torch.compile(gen.unet.forward)
-
-
-def bench_size(ckpt_path: str) -> tuple[int, int]:
-    tcfg = train.load_checkpoint(ckpt_path)["config"]["train"]
-    return train.parse_size(tcfg["bench_size"], "bench_size")
 
 
 def photo_size(root) -> tuple[int, int]:
