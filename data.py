@@ -1142,11 +1142,13 @@ def bench(root, split="train", image_size=256, batch_size=32, workers=2, batches
     return per_batch
 
 
-def parse_size(text: str) -> tuple:
-    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected HxW like 256x176, got '{text}'")
-    return int(match.group(1)), int(match.group(2))
+def parse_size(text: str, flag: str = "--size") -> tuple:
+    """'256x176' -> (256, 176), height x width: the one size syntax of every script's flags."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
+    h, w = (int(g) for g in match.groups()) if match else (0, 0)
+    if h == 0 or w == 0:
+        raise ValueError(f"{flag} {text!r}: expected HxW such as 256x176")
+    return h, w
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -1167,7 +1169,7 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--check", metavar="ROOT", help="layout, counts and missing files of a data folder")
     task.add_argument("--preview", metavar="ROOT", help="write a PNG grid of pairs with their pose maps")
     task.add_argument("--bench", metavar="ROOT", help="time the loader")
-    p.add_argument("--size", type=parse_size, default=(256, 176), help="benchmark image size HxW")
+    p.add_argument("--size", default="256x176", help="benchmark image size HxW")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--annotations", help="keypoint CSV (either convention) to draw instead of the bundled one")
     p.add_argument("--max-items", type=int, default=None, help="draw only this many clothing items")
@@ -1183,7 +1185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     if args.synthesize:
-        counts = synthesize(args.synthesize, args.size, args.seed, args.annotations, args.max_items)
+        size = parse_size(args.size)
+        counts = synthesize(args.synthesize, size, args.seed, args.annotations, args.max_items)
         print(f"data: wrote {args.synthesize}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     if args.check:

@@ -57,11 +57,10 @@ from PIL import Image
 from tqdm import tqdm
 
 import fusion
-from data import OneLineParser, PairDataset, resize_for_eval
+from data import OneLineParser, PairDataset, parse_size, resize_for_eval
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NAME_SEPARATOR = "___"  # sample.py names generated files {source_stem}___{target_stem}.png
-SIZE_PRESETS = {"256x176": (256, 176), "512x352": (512, 352)}  # the two PGPIS evaluation sizes
 
 
 # ----------------------------------------------------------------------------- SSIM and PSNR
@@ -446,16 +445,6 @@ class EvalConfig:
         "help": "a fusion .pt from train.py: the retrieval table (R@k, average rank) on --data's --split"})
     random_init_for_testing: bool = field(default=False, metadata={
         "help": "LPIPS/FID from untrained random networks: exercises the code, numbers are meaningless"})
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x176' -> (256, 176): height x width."""
-    if text in SIZE_PRESETS:
-        return SIZE_PRESETS[text]
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--size: expected HxW such as 256x176, got {text!r}")
-    return int(parts[0]), int(parts[1])
 
 
 class Metrics:

@@ -49,38 +49,38 @@ import train
 import unet as unet_lib
 import vae as vae_lib
 
-_flag = train._flag
+option = train.option  # one dataclass field = one --flag, as in train.py
 
 
 @dataclass
 class SampleConfig:
-    ckpt: str = _flag("", "an fpdm or rpfm checkpoint written by train.py")
-    data: str = _flag("", "dataset root; empty: the dataset the checkpoint was trained on")
-    split: str = _flag("test", "which pairs to generate", choices=("train", "test"))
-    out: str = _flag("", "output folder; empty: runs/samples/<method>")
-    limit: int = _flag(0, "generate only the first N pairs (0: all)")
-    steps: int = _flag(0, "sampling steps; 0: the process's default (DDIM 50 / flow matching few)")
-    solver: str = _flag("", "rpfm ODE solver: euler, midpoint or heun (empty: default)")
-    sampler: str = _flag("", "fpdm sampler: ddim or ddpm (empty: default)")
-    w_src: float = _flag(2.0, "cumulative CFG weight of pose + source tokens")
-    w_fus: float = _flag(2.5, "cumulative CFG weight of the fusion embedding (fpdm); equal to "
+    ckpt: str = option("", "an fpdm or rpfm checkpoint written by train.py")
+    data: str = option("", "dataset root; empty: the dataset the checkpoint was trained on")
+    split: str = option("test", "which pairs to generate", choices=("train", "test"))
+    out: str = option("", "output folder; empty: runs/samples/<method>")
+    limit: int = option(0, "generate only the first N pairs (0: all)")
+    steps: int = option(0, "sampling steps; 0: the process's default (DDIM 50 / flow matching few)")
+    solver: str = option("", "rpfm ODE solver: euler, midpoint or heun (empty: default)")
+    sampler: str = option("", "fpdm sampler: ddim or ddpm (empty: default)")
+    w_src: float = option(2.0, "cumulative CFG weight of pose + source tokens")
+    w_fus: float = option(2.5, "cumulative CFG weight of the fusion embedding (fpdm); equal to "
                                "--w-src it is plain CFG and the middle branch is skipped")
-    batch_size: int = _flag(16, "images generated at once")
-    seed: int = _flag(0, "seed of the initial noise")
-    ema: bool = _flag(True, "sample with the EMA weights (as DiT does)")
-    device: str = _flag("auto", "auto, cpu, cuda, mps ...")
-    bf16: bool = _flag(True, "bf16 autocast on CUDA (ignored on CPU)")
-    compile: bool = _flag(False, "torch.compile the UNet (CUDA; the first batches compile)")
-    warmup: int = _flag(2, "untimed warm-up batches before any clock is read")
-    benchmark: bool = _flag(False, "time random-init FPDM and RPFM side by side, no checkpoint")
-    preset: str = _flag("tiny", "train.py preset sizing the --benchmark models",
+    batch_size: int = option(16, "images generated at once")
+    seed: int = option(0, "seed of the initial noise")
+    ema: bool = option(True, "sample with the EMA weights (as DiT does)")
+    device: str = option("auto", "auto, cpu, cuda, mps ...")
+    bf16: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    compile: bool = option(False, "torch.compile the UNet (CUDA; the first batches compile)")
+    warmup: int = option(2, "untimed warm-up batches before any clock is read")
+    benchmark: bool = option(False, "time random-init FPDM and RPFM side by side, no checkpoint")
+    preset: str = option("tiny", "train.py preset sizing the --benchmark models",
                         choices=tuple(train.PRESETS))
-    repeats: int = _flag(5, "timed batches per method in --benchmark")
-    source: str = _flag("", "streaming: one source photo")
-    poses: str = _flag("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
+    repeats: int = option(5, "timed batches per method in --benchmark")
+    source: str = option("", "streaming: one source photo")
+    poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
                             "(256x176 frame, -1 missing)")
-    pose_frame: str = _flag("256x176", "streaming: HxW frame of the keypoints in --poses")
-    fps: float = _flag(10.0, "frames per second of the streaming GIF")
+    pose_frame: str = option("256x176", "streaming: HxW frame of the keypoints in --poses")
+    fps: float = option(10.0, "frames per second of the streaming GIF")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,8 +237,9 @@ def sample_dataset(cfg: SampleConfig, device):
     gen = from_checkpoint(cfg.ckpt, cfg.ema, device)
     maybe_compile(gen, cfg, device)
     root = cfg.data or gen.data_root or str(
-        data.ensure_benchmark(size=train.parse_size(gen.bench_size, "bench_size")))
+        data.ensure_benchmark(size=data.parse_size(gen.bench_size, "bench_size")))
     dataset = data.PairDataset(root, cfg.split, gen.image_size)
+    size = photo_size(dataset)  # generated files get the ground truth's shape
     if cfg.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
     out = Path(cfg.out or Path("runs") / "samples" / gen.method)
@@ -250,7 +251,7 @@ def sample_dataset(cfg: SampleConfig, device):
     for batch in tqdm(loader, desc=f"[{gen.method}] generating"):
         src, pose = batch["source"].to(device), batch["target_pose"].to(device)
         images, nfe = generate(gen, src, pose, cfg, timer)
-        write_images(images, batch, out, photo_size(root))
+        write_images(images, batch, out, size)
         grid = grid or grid_rows(batch, images)
         count += len(images)
     # the grid goes beside the folder: inside it, evaluate.py would look for its ground truth
@@ -275,11 +276,15 @@ def maybe_compile(gen: Generator, cfg: SampleConfig, device):
         gen.unet.forward = torch.compile(gen.unet.forward)
 
 
-def photo_size(root) -> tuple[int, int]:
-    """(H, W) of the dataset's photos, so generated files have the ground truth's shape."""
-    first = next(p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
-    w, h = Image.open(first).size
-    return h, w
+def photo_size(dataset: data.PairDataset) -> tuple[int, int]:
+    """(H, W) of the dataset's photos, read from its first target image.
+
+    note: some copies store the 176-wide photo padded to a square; the person crop (what
+    data.py loads and evaluate.py scores) then has DeepFashion's 256:176 aspect.
+    """
+    with Image.open(dataset.image_path(dataset.pairs[0][1])) as im:
+        w, h = im.size
+    return (h, round(h * data.FRAME[1] / data.FRAME[0])) if w == h else (h, w)
 
 
 def write_images(images, batch, out: Path, size):
@@ -371,7 +376,7 @@ def stream(cfg: SampleConfig, device):
     gen = from_checkpoint(cfg.ckpt, cfg.ema, device)
     maybe_compile(gen, cfg, device)
     frames = read_pose_csv(cfg.poses)
-    frame_hw = train.parse_size(cfg.pose_frame, "--pose-frame")
+    frame_hw = data.parse_size(cfg.pose_frame, "--pose-frame")
     source = load_source(cfg.source, gen.image_size, device)
     s = gen.image_size
     encode = PhaseTimer(device)

@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as torch_dist
@@ -66,59 +67,59 @@ CKPT_VERSION = 1
 # Configuration: one dataclass, flags generated from it, named presets that override defaults.
 # ----------------------------------------------------------------------------------------------
 
-def _flag(default, help, **extra):
+def option(default, help, **extra):
     """A dataclass field that carries its --help text (and choices) for the generated parser."""
     return field(default=default, metadata=dict(help=help, **extra))
 
 
 @dataclass
 class TrainConfig:
-    method: str = _flag("rpfm", "what to train; fpdm/rpfm train the VAE (and fusion) first",
+    method: str = option("rpfm", "what to train; fpdm/rpfm train the VAE (and fusion) first",
                         choices=METHODS)
-    preset: str = _flag("tiny", "named size: tiny (CPU), base256 / base512 (one GPU)")
-    data: str = _flag("", "dataset root in any DeepFashion layout; empty: the built-in benchmark")
-    out: str = _flag("", "output folder for checkpoints and grids; empty: runs/<preset>")
-    image_size: int = _flag(32, "square training resolution (photos are stretched, as CFLD does)")
-    bench_size: str = _flag("64x44", "HxW of the synthesised benchmark photos")
-    unet: str = _flag("tiny", "UNet size (unet.PRESETS)", choices=tuple(unet_lib.PRESETS))
-    vae: str = _flag("tiny", "VAE size (vae.VAE_PRESETS)", choices=tuple(vae_lib.VAE_PRESETS))
-    fusion: str = _flag("tiny", "fusion encoder (fusion.FUSION_PRESETS)",
+    preset: str = option("tiny", "named size: tiny (CPU), base256 / base512 (one GPU)")
+    data: str = option("", "dataset root in any DeepFashion layout; empty: the built-in benchmark")
+    out: str = option("", "output folder for checkpoints and grids; empty: runs/<preset>")
+    image_size: int = option(32, "square training resolution (photos are stretched, as CFLD does)")
+    bench_size: str = option("64x44", "HxW of the synthesised benchmark photos")
+    unet: str = option("tiny", "UNet size (unet.PRESETS)", choices=tuple(unet_lib.PRESETS))
+    vae: str = option("tiny", "VAE size (vae.VAE_PRESETS)", choices=tuple(vae_lib.VAE_PRESETS))
+    fusion: str = option("tiny", "fusion encoder (fusion.FUSION_PRESETS)",
                         choices=tuple(fusion.FUSION_PRESETS))
-    vae_ckpt: str = _flag("", "a trained VAE: our .pt, or a diffusers AutoencoderKL folder")
-    fusion_pretrained: str = _flag("", "fusion encoder weights: an open_clip tag (openai), a local "
+    vae_ckpt: str = option("", "a trained VAE: our .pt, or a diffusers AutoencoderKL folder")
+    fusion_pretrained: str = option("", "fusion encoder weights: an open_clip tag (openai), a local "
                                        "file, or none (random init); empty: the preset's")
-    source_checkpoint: str = _flag("", "a local timm weight file for a ViT source encoder (DINOv2)")
-    fusion_ckpt: str = _flag("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
-    use_fusion: bool = _flag(True, "fpdm: condition on the fusion embedding (off: ablations B1-B3)")
-    fusion_loss: str = _flag("source_enhanced", "stage-1 InfoNCE variant",
+    source_checkpoint: str = option("", "a local timm weight file for a ViT source encoder (DINOv2)")
+    fusion_ckpt: str = option("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
+    use_fusion: bool = option(True, "fpdm: condition on the fusion embedding (off: ablations B1-B3)")
+    fusion_loss: str = option("source_enhanced", "stage-1 InfoNCE variant",
                              choices=("baseline", "source_enhanced"))
-    steps: int = _flag(1400, "optimiser steps of the method named by --method")
-    vae_steps: int = _flag(500, "steps of the VAE stage when it is trained on the way")
-    fusion_steps: int = _flag(400, "steps of the fusion stage when it is trained on the way")
-    batch_size: int = _flag(16, "images per optimiser step, summed over all processes")
-    lr: float = _flag(1e-3, "peak learning rate of the latent UNet (fpdm / rpfm)")
-    vae_lr: float = _flag(2e-3, "peak learning rate of the VAE stage")
-    fusion_lr: float = _flag(1e-3, "peak learning rate of the fusion stage")
-    weight_decay: float = _flag(0.0, "AdamW weight decay (0 as in DiT and LDM)")
-    warmup: int = _flag(100, "linear learning-rate warm-up steps")
-    grad_clip: float = _flag(1.0, "clip the global gradient norm to this")
-    ema_decay: float = _flag(0.999, "EMA decay of the sampled weights (warmed up, see ema_update)")
-    flip: bool = _flag(True, "random horizontal flip with left/right joints swapped")
-    heatmaps: bool = _flag(False, "add 18 Gaussian keypoint heatmaps to the pose map")
-    drop_prob: float = _flag(0.2, "per-condition drop probability, for classifier-free guidance")
-    offset_noise: float = _flag(0.1, "fpdm: offset-noise strength (FPDM uses 0.1)")
-    grid_steps: int = _flag(0, "sampling steps for the grid; 0: the process's default")
-    w_src: float = _flag(2.0, "guidance weight of pose + source in the grid")
-    w_fus: float = _flag(2.5, "guidance weight of the fusion embedding in the grid (fpdm)")
-    log_every: int = _flag(100, "steps between fixed-width log lines")
-    sample_every: int = _flag(400, "steps between PNG grids")
-    ckpt_every: int = _flag(400, "steps between checkpoints (one is always written at the end)")
-    grid_rows: int = _flag(6, "pairs shown in a grid")
-    num_workers: int = _flag(1, "DataLoader worker processes")
-    seed: int = _flag(0, "seed of the data order, initialisation and noise")
-    device: str = _flag("auto", "auto, cpu, cuda, cuda:1, mps ...")
-    bf16: bool = _flag(True, "bf16 autocast on CUDA (ignored on CPU)")
-    resume: bool = _flag(False, "continue --method from <out>/<method>.pt")
+    steps: int = option(1400, "optimiser steps of the method named by --method")
+    vae_steps: int = option(500, "steps of the VAE stage when it is trained on the way")
+    fusion_steps: int = option(400, "steps of the fusion stage when it is trained on the way")
+    batch_size: int = option(16, "images per optimiser step, summed over all processes")
+    lr: float = option(1e-3, "peak learning rate of the latent UNet (fpdm / rpfm)")
+    vae_lr: float = option(2e-3, "peak learning rate of the VAE stage")
+    fusion_lr: float = option(1e-3, "peak learning rate of the fusion stage")
+    weight_decay: float = option(0.0, "AdamW weight decay (0 as in DiT and LDM)")
+    warmup: int = option(100, "linear learning-rate warm-up steps")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this")
+    ema_decay: float = option(0.999, "EMA decay of the sampled weights (warmed up, see ema_update)")
+    flip: bool = option(True, "random horizontal flip with left/right joints swapped")
+    heatmaps: bool = option(False, "add 18 Gaussian keypoint heatmaps to the pose map")
+    drop_prob: float = option(0.2, "per-condition drop probability, for classifier-free guidance")
+    offset_noise: float = option(0.1, "fpdm: offset-noise strength (FPDM uses 0.1)")
+    grid_steps: int = option(0, "sampling steps for the grid; 0: the process's default")
+    w_src: float = option(2.0, "guidance weight of pose + source in the grid")
+    w_fus: float = option(2.5, "guidance weight of the fusion embedding in the grid (fpdm)")
+    log_every: int = option(100, "steps between fixed-width log lines")
+    sample_every: int = option(400, "steps between PNG grids")
+    ckpt_every: int = option(400, "steps between checkpoints (one is always written at the end)")
+    grid_rows: int = option(6, "pairs shown in a grid")
+    num_workers: int = option(1, "DataLoader worker processes")
+    seed: int = option(0, "seed of the data order, initialisation and noise")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps ...")
+    bf16: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    resume: bool = option(False, "continue --method from <out>/<method>.pt")
 
 
 # tiny: the main job, `python train.py --method rpfm` on 2 CPU cores in under 10 minutes. 32 px
@@ -249,13 +250,14 @@ class EpochBatches(torch.utils.data.Sampler):
         return order
 
     def __iter__(self):
-        epoch, k = divmod(self.start, self.per_epoch)
+        step = self.start
         while True:
-            order = self.epoch_order(epoch)
-            for k in range(k, self.per_epoch):
+            epoch, first = divmod(step, self.per_epoch)
+            order = self.epoch_order(epoch)  # drawn once per epoch
+            for k in range(first, self.per_epoch):
                 idx = order[k * self.batch:(k + 1) * self.batch]  # (batch,) the global batch
                 yield idx[self.rank::self.world].tolist()  # this rank's share
-            epoch, k = epoch + 1, 0
+            step += self.per_epoch - first
 
 
 class FlipIndexed(torch.utils.data.Dataset):
@@ -277,21 +279,13 @@ def open_dataset(cfg: TrainConfig, split: str, dist: Dist) -> data.PairDataset:
     if cfg.data:
         root = Path(cfg.data)
     else:
-        size = parse_size(cfg.bench_size, "--bench-size")
-        if dist.main:
-            data.ensure_benchmark(size=size)  # synthesised once, on first use
-        if dist.world > 1:
-            torch_dist.barrier()  # the other ranks wait until rank 0 has written it
-        root = data.ensure_benchmark(size=size)
+        size = data.parse_size(cfg.bench_size, "--bench-size")
+        if not dist.main:
+            torch_dist.barrier()  # wait until rank 0 has drawn it (on first use)
+        root = data.ensure_benchmark(size=size)  # drawn once; later calls just return the path
+        if dist.main and dist.world > 1:
+            torch_dist.barrier()  # release the other ranks
     return data.PairDataset(root, split, cfg.image_size, heatmaps=cfg.heatmaps, verbose=dist.main)
-
-
-def parse_size(text: str, flag: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected HxW, e.g. 256x176") from None
 
 
 def make_batches(cfg, dataset, dist: Dist, batch_size: int, start_step: int):
@@ -376,8 +370,8 @@ class Stage:
     steps: int
     batch_size: int
     lr: float
-    loss: callable            # (model, batch) -> (loss, per_sample or None, t or None)
-    grid: callable            # (ema model, batch) -> list of rows of (3, H, W) images in [-1, 1]
+    loss: Callable            # (model, batch) -> (loss, per_sample or None, t or None)
+    grid: Callable | None     # (ema model, batch) -> list of rows of (3, H, W) images in [-1, 1]
     extra: dict = field(default_factory=dict)  # frozen parts saved beside the model
     labels: tuple = ()
 

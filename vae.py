@@ -94,7 +94,7 @@ class VAEConfig:
 
 
 VAE_PRESETS = {
-    # CPU, f = 4: 64 px -> 16x16x4. Narrow because on 2 CPU cores the full-resolution convs cost
+    # CPU, f = 4: 64 px -> 16x16x4 (32 px -> 8x8x4 in train.py's main job). Narrow because on 2 CPU cores the full-resolution convs cost
     # most of a step. 4 groups (4-8 channels per group; SD has 4 at full resolution) because a
     # group of one channel is an instance norm, which strips each channel's per-image mean (the
     # colours) from a block's input: on the synthetic benchmark it reached a worse L1 in as many steps.
