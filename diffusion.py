@@ -9,9 +9,24 @@ and the network is trained to predict eps (or v = sqrt(a) eps - sqrt(1 - a) x0).
 back over a few of the T steps: DDIM (eta = 0, deterministic) or DDPM ancestral (fresh noise each
 step, identical to DDIM with eta = 1). Conditions (pose, source tokens, fusion embedding) are
 dropped at random during training so that one network also knows the unconditional and the
-"pose + source only" answers; sampling mixes them (cumulative classifier-free guidance):
+"pose + source only" answers; sampling mixes them (cumulative classifier-free guidance, the
+formula and its cost are in guidance.py, shared with flow_matching.py):
 
     out = u + w_src * (c_src - u) + w_fus * (c_full - c_src)
+
+FPDM's settings are the defaults (below), so `Diffusion().sample(...)` samples as FPDM's release
+does: DDPM ancestral steps (each equal to diffusers' DDPMScheduler.step, tested), 20 of them on SD's
+"leading" spacing with steps_offset 1 (t = 951, 901, ..., 1), and one guidance weight 2.0 (two
+branches: NFE = 40 per image). Also available, by argument or by flag in sample.py:
+  - sampler="ddim" (eta = 0: deterministic, the usual choice at 50 steps, e.g. CFLD's sampler);
+  - spacing="trailing" (999, 949, ..., 49): starts at the noisiest trained step, which "leading"
+    never visits (Lin et al. 2023); better in theory, not what FPDM ran;
+  - w_src != w_fus: three branches (u, c_src, c_full), 1.5x the cost of plain CFG.
+
+Numerics: the schedule, q_sample, the targets and every sampler update are computed in float32
+whatever dtype the latents arrive in. In bf16 (what a CUDA autocast VAE returns) alpha_bar rounds so
+that t = 0 and t = 1 add no noise at all and only ~28 distinct noise levels remain below t = 100:
+the network would be told one t and trained on another.
 
 This file holds no network code: it drives any callable `model(x_t, t, **cond)` whose `t` is a
 float tensor (B,) in [0, 1000] (here: the integer step as a float).
@@ -28,120 +43,28 @@ of pose, source image and fusion modules, sampling with num_inference_steps 20 a
 guidance_scale 2.0 (its pipeline's signature default of 50 steps is Stable Diffusion's, unused).
 
 Run: python diffusion.py [--steps 20]   (prints the NFE table, each figure checked by counting calls)
-Tests: /work/venv/bin/python -m pytest -q tests/test_diffusion.py
+Tests: python -m pytest -q tests/test_diffusion.py
 
 Shape letters: B batch, C latent channels, h w latent height/width, k guidance branches, T train steps.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import torch
 
-DEFAULT_STEPS = 20  # FPDM's release samples DeepFashion with num_inference_steps = 20
-DEFAULT_SAMPLER = "ddim"
-DEFAULT_GUIDANCE = {"w_src": 2.0, "w_fus": 2.0}  # FPDM's guidance_scale 2.0 (one scale for both)
-FPDM_DROP_PROBS = {"pose": 0.2, "src_tokens": 0.2, "fusion": 0.2}  # FPDM: 0.2 per module
-COND_KEYS = ("pose", "src_tokens", "fusion")
-SOURCE_KEYS = frozenset({"pose", "src_tokens"})  # what the middle guidance branch c_src keeps
+from guidance import (COND_KEYS, INDEPENDENT_DROP, RowCounter, at_least_float32, drop_conditions, gaussian_like,
+                      guidance_branches, guided_output, nfe_cli, progress_bar)
+
+# FPDM's release (C1.test_Diffusion_model.py): DDPM ancestral sampling, 20 steps, one guidance
+# scale 2.0 for both terms, on Stable Diffusion's scheduler config ("leading" spacing, steps_offset 1).
+DEFAULT_STEPS = 20
+DEFAULT_SAMPLER = "ddpm"
+DEFAULT_GUIDANCE = {"w_src": 2.0, "w_fus": 2.0}  # FPDM's guidance_scale 2.0: w_src == w_fus, 2 branches
+DEFAULT_SPACING, DEFAULT_STEPS_OFFSET = "leading", 1  # SD 2.1's scheduler_config.json: 951, 901, ..., 1
+FPDM_DROP_PROBS = INDEPENDENT_DROP  # FPDM: 0.2 per module (pose, source image, fusion)
 SCHEDULES = ("linear", "scaled_linear")
 PREDICTIONS = ("eps", "v")
 SAMPLERS = ("ddim", "ddpm")
 SPACINGS = ("trailing", "leading")
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-def gaussian_like(x: torch.Tensor, generator: torch.Generator | None = None, shape=None) -> torch.Tensor:
-    """Gaussian noise on x's device; drawn on the generator's device so a CPU generator seeds CUDA runs too."""
-    shape = x.shape if shape is None else shape
-    device = generator.device if generator is not None else x.device
-    return torch.randn(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
-def progress_bar(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm  # imported lazily: only the progress bar needs it
-    return tqdm(iterable, desc=desc)
-
-
-def _check_cond(cond: dict | None) -> dict:
-    """The present conditions (None values removed); an unknown key is a ValueError, not a silent no-op."""
-    cond = {} if cond is None else cond
-    unknown = sorted(set(cond) - set(COND_KEYS))
-    if unknown:
-        raise ValueError(f"cond: unknown key(s) {unknown}; expected any of {list(COND_KEYS)}")
-    return {key: value for key, value in cond.items() if value is not None}
-
-
-# ----------------------------------------------------------------------------- condition dropping
-
-def drop_conditions(cond: dict | None, probs: dict, generator: torch.Generator | None = None) -> dict:
-    """Replace each condition by zeros for a random subset of the batch.
-
-    Every key is dropped independently with probability probs[key] (missing key: never dropped),
-    per sample, as FPDM does per module. A dropped condition is an exact zero tensor: the same
-    "absent" value that guidance feeds at sampling time.
-    """
-    out = {}
-    for key, value in _check_cond(cond).items():
-        p = float(probs.get(key, 0.0))
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"drop_probs[{key!r}] = {p}: expected a probability in [0, 1]")
-        if p > 0.0:
-            device = generator.device if generator is not None else value.device
-            keep = torch.rand(value.shape[0], generator=generator, device=device).to(value.device) >= p  # (B,)
-            keep = keep.view(-1, *([1] * (value.dim() - 1)))  # (B, 1, ...) to broadcast over the condition
-            value = torch.where(keep, value, torch.zeros_like(value))  # where, not multiply: 0 * inf is nan
-        out[key] = value
-    return out
-
-
-# ----------------------------------------------------------------------------- guidance
-
-def guidance_branches(cond_keys, w_src: float = 1.0, w_fus: float = 1.0) -> list[tuple[frozenset, float]]:
-    """The branches a guided step must evaluate: [(kept condition keys, weight), ...], weights summing to 1.
-
-    Expanding  u + w_src (c_src - u) + w_fus (c_full - c_src)  gives
-        (1 - w_src) * u  +  (w_src - w_fus) * c_src  +  w_fus * c_full,
-    so a branch whose weight is 0 need not be computed, and branches that keep the same conditions
-    (no "fusion" key: c_src == c_full) merge. Consequences:
-      - w_src == w_fus == 1 (or no conditions at all): one branch, the plain conditional call;
-      - w_src == w_fus == w: the middle branch cancels and it is plain CFG  u + w (c_full - u)
-        (FPDM's own release uses one guidance_scale for both, i.e. exactly this);
-      - no fusion embedding (RPFM): two branches  u + w_src (c - u).
-    """
-    present = frozenset(key for key in cond_keys if key in COND_KEYS)
-    terms = [(frozenset(), 1.0 - w_src), (present & SOURCE_KEYS, w_src - w_fus), (present, w_fus)]
-    merged: dict[frozenset, float] = {}
-    for keys, weight in terms:
-        merged[keys] = merged.get(keys, 0.0) + weight
-    return [(keys, weight) for keys, weight in merged.items() if abs(weight) > 1e-12]
-
-
-def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: dict | None,
-                  w_src: float = 1.0, w_fus: float = 1.0) -> torch.Tensor:
-    """Cumulative classifier-free guidance: all needed branches in ONE batched forward, then mixed.
-
-    x (B, ...), t (B,) float in [0, 1000], cond: dict with any of pose / src_tokens / fusion.
-    The branches are u (every condition zeroed), c_src (pose + source tokens) and c_full (all).
-    """
-    cond = _check_cond(cond)
-    t = torch.as_tensor(t, device=x.device)
-    t = t.expand(x.shape[0]) if t.dim() == 0 else t  # (B,): a single time is shared by the batch
-    branches = guidance_branches(cond.keys(), w_src, w_fus)
-    if len(branches) == 1:  # weight 1 on a single branch: no batching, one ordinary call
-        keys = branches[0][0]
-        return model(x, t, **{n: v if n in keys else torch.zeros_like(v) for n, v in cond.items()})
-    k = len(branches)
-    x_in = torch.cat([x] * k)  # (k*B, ...)
-    t_in = torch.cat([t] * k)  # (k*B,)
-    cond_in = {n: torch.cat([v if n in keys else torch.zeros_like(v) for keys, _ in branches])  # (k*B, ...)
-               for n, v in cond.items()}
-    outs = model(x_in, t_in, **cond_in).chunk(k)  # k x (B, ...)
-    return sum(weight * out for (_, weight), out in zip(branches, outs))
 
 
 def nfe(steps: int, sampler: str = DEFAULT_SAMPLER, cond_keys=COND_KEYS,
@@ -170,18 +93,23 @@ def make_betas(schedule: str, num_train_steps: int) -> torch.Tensor:
 class Diffusion:
     """DDPM with T steps: `q_sample`, `loss`, `ddim_step`, `ddpm_step`, `sample`.
 
-    spacing: which T-step indices a `steps`-step sampler visits (diffusers' names):
-      "trailing" (default): 999, 999 - T/S, ..., T/S - 1. Sampling starts from pure noise, and t = 999
-        is the step whose training inputs are closest to pure noise (Lin et al. 2023 show "leading"
-        never visits it: it starts at 950 for 20 steps, an input/noise-level mismatch).
-      "leading": (S - 1) T/S, ..., T/S, 0 (diffusers' default with steps_offset = 0; SD configs add 1).
-    set_alpha_to_one: the "alpha_bar" used after the last step. True (diffusers' default) makes the
-      last DDIM step return its predicted x0; False uses alpha_bar_0 as SD's scheduler configs do.
+    spacing: which T-step indices a `steps`-step sampler visits (diffusers' names), plus steps_offset:
+      "leading" (default, with steps_offset 1 as in SD's and FPDM's configs): (S - 1) T/S + 1, ...,
+        T/S + 1, 1, i.e. 951, 901, ..., 1 for 20 steps.
+      "trailing": 999, 999 - T/S, ..., T/S - 1. Sampling starts from pure noise, and t = 999 is the
+        step whose training inputs are closest to pure noise (Lin et al. 2023: "leading" never visits
+        it, an input/noise-level mismatch). steps_offset does not apply.
+    set_alpha_to_one: the "alpha_bar" used after the last step. True (diffusers' default, and what
+      DDPMScheduler always does) makes the last step return its predicted x0; False uses
+      alpha_bar_0, as DDIMScheduler does with SD's configs.
+    joint_drop: probability of dropping every condition of a sample at once (guidance.py says why),
+      on top of the independent `drop_probs`.
     """
 
     def __init__(self, num_train_steps: int = 1000, schedule: str = "scaled_linear", prediction: str = "eps",
-                 offset_noise: float = 0.0, drop_probs: dict | None = None,
-                 spacing: str = "trailing", set_alpha_to_one: bool = True):
+                 offset_noise: float = 0.0, drop_probs: dict | None = None, joint_drop: float = 0.0,
+                 spacing: str = DEFAULT_SPACING, steps_offset: int = DEFAULT_STEPS_OFFSET,
+                 set_alpha_to_one: bool = True):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction {prediction!r}: expected one of {PREDICTIONS}")
         if spacing not in SPACINGS:
@@ -190,8 +118,10 @@ class Diffusion:
             raise ValueError(f"num_train_steps {num_train_steps}: expected at least 2")
         self.num_train_steps = int(num_train_steps)
         self.schedule, self.prediction, self.spacing = schedule, prediction, spacing
+        self.steps_offset = int(steps_offset)
         self.offset_noise = float(offset_noise)
         self.drop_probs = dict(FPDM_DROP_PROBS if drop_probs is None else drop_probs)
+        self.joint_drop = float(joint_drop)
         betas = make_betas(schedule, self.num_train_steps)  # (T,) float64 for an accurate product
         # note: stored in float32 like diffusers (float64 does not exist on every device, e.g. MPS)
         self.betas = betas.float()  # (T,)
@@ -204,34 +134,37 @@ class Diffusion:
         return self
 
     def _abar(self, t, like: torch.Tensor) -> torch.Tensor:
-        """alpha_bar at step t (int or (B,) tensor; t < 0 means "after the last step"), shaped to broadcast."""
+        """alpha_bar at step t (int or (B,); t < 0: "after the last step"), shaped to broadcast.
+
+        note: float32 (float64 for float64 inputs), never bf16: see "Numerics" in the module docstring.
+        """
         t = torch.as_tensor(t, device=like.device).long()  # () or (B,)
-        table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)  # (T,)
+        table = at_least_float32(self.alphas_cumprod.to(like.device, torch.promote_types(like.dtype, torch.float32)))  # (T,)
         final = table.new_tensor(self.final_alpha_cumprod)
         a = torch.where(t >= 0, table[t.clamp(min=0)], final)  # () or (B,)
         return a.view(-1, *([1] * (like.dim() - 1))) if a.dim() == 1 else a  # (B, 1, ..., 1)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, t (B,) integer steps."""
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise in float32, t (B,) integer steps."""
         a = self._abar(t, x0)
-        return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+        return a.sqrt() * at_least_float32(x0) + (1.0 - a).sqrt() * at_least_float32(noise)
 
     def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The v-prediction target v = sqrt(a_t) noise - sqrt(1 - a_t) x0."""
+        """The v-prediction target v = sqrt(a_t) noise - sqrt(1 - a_t) x0, in float32."""
         a = self._abar(t, x0)
-        return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+        return a.sqrt() * at_least_float32(noise) - (1.0 - a).sqrt() * at_least_float32(x0)
 
     def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read the network output (eps or v) as the pair (predicted x0, predicted eps)."""
-        a = self._abar(t, x_t)
+        """Read the network output (eps or v) as the pair (predicted x0, predicted eps), in float32."""
+        a, out, x_t = self._abar(t, x_t), at_least_float32(model_output), at_least_float32(x_t)
         if self.prediction == "eps":
-            return (x_t - (1.0 - a).sqrt() * model_output) / a.sqrt(), model_output
-        x0 = a.sqrt() * x_t - (1.0 - a).sqrt() * model_output
-        return x0, a.sqrt() * model_output + (1.0 - a).sqrt() * x_t
+            return (x_t - (1.0 - a).sqrt() * out) / a.sqrt(), out
+        x0 = a.sqrt() * x_t - (1.0 - a).sqrt() * out
+        return x0, a.sqrt() * out + (1.0 - a).sqrt() * x_t
 
     def loss(self, model, x0: torch.Tensor, cond: dict | None, generator: torch.Generator | None = None):
         """DDPM objective. Returns (mean loss, per-sample loss (B,), t / (T - 1) (B,), 0 = least noisy)."""
-        batch = x0.shape[0]
+        x0, batch = at_least_float32(x0), x0.shape[0]  # float32 whatever arrives (module docstring, "Numerics")
         device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.num_train_steps, (batch,), generator=generator, device=device).to(x0.device)  # (B,)
         noise = gaussian_like(x0, generator)
@@ -242,8 +175,8 @@ class Diffusion:
             noise = noise + self.offset_noise * gaussian_like(x0, generator, shape)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction == "eps" else self.velocity(x0, noise, t)
-        pred = model(x_t, t.float(), **drop_conditions(cond, self.drop_probs, generator))
-        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        pred = model(x_t, t.float(), **drop_conditions(cond, self.drop_probs, generator, self.joint_drop))
+        per_sample = (at_least_float32(pred) - target).pow(2).flatten(1).mean(dim=1)  # (B,)
         return per_sample.mean(), per_sample, t.float() / (self.num_train_steps - 1)
 
     def timesteps(self, steps: int) -> list[int]:
@@ -253,8 +186,11 @@ class Diffusion:
             raise ValueError(f"steps {steps}: expected 1 <= steps <= num_train_steps ({total})")
         if self.spacing == "trailing":
             return [round(total - i * total / steps) - 1 for i in range(steps)]
+        if (steps - 1) * (total // steps) + self.steps_offset >= total:
+            raise ValueError(f"steps {steps} with steps_offset {self.steps_offset}: the first step "
+                             f"would be past T - 1 = {total - 1}; use spacing='trailing'")
         ratio = total // steps
-        return [i * ratio for i in reversed(range(steps))]
+        return [i * ratio + self.steps_offset for i in reversed(range(steps))]
 
     def ddim_step(self, model_output: torch.Tensor, t, t_prev, x_t: torch.Tensor, eta: float = 0.0,
                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -263,6 +199,7 @@ class Diffusion:
         t_prev < 0 means the final step (alpha_bar = final_alpha_cumprod). eta = 0 is deterministic;
         eta = 1 is DDPM's ancestral step. `noise` (or `generator`) supplies the fresh noise when eta > 0.
         """
+        x_t = at_least_float32(x_t)  # every update in float32 (module docstring, "Numerics")
         a_t, a_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
         x0, eps = self.predict_x0_eps(model_output, x_t, t)
         variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)  # sigma_t^2 / eta^2, eq. 16
@@ -278,8 +215,10 @@ class Diffusion:
         """One ancestral step: sample the posterior q(x_{t_prev} | x_t, x0 = predicted x0) (DDPM eq. 6-7).
 
         Over a strided grid the one-step alpha is a_t / a_prev. Written from the posterior, not from
-        DDIM, so that the test can check it equals `ddim_step(eta=1)`.
+        DDIM, so that the test can check it equals `ddim_step(eta=1)`; the test also checks it equals
+        diffusers' DDPMScheduler.step (variance "fixed_small", no clipping: SD's config).
         """
+        x_t = at_least_float32(x_t)  # every update in float32 (module docstring, "Numerics")
         a_t, a_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
         alpha = a_t / a_prev
         beta = 1.0 - alpha
@@ -301,7 +240,7 @@ class Diffusion:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r}: expected one of {SAMPLERS}")
         ts = self.timesteps(steps)
-        x, trajectory = noise, [noise]
+        x, trajectory = at_least_float32(noise), [noise]
         for i in progress_bar(range(len(ts)), progress, f"{sampler} {steps} steps"):
             t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
             t_in = torch.full((x.shape[0],), float(t), device=x.device)  # (B,) float time for the network
@@ -317,22 +256,11 @@ class Diffusion:
 
 # ----------------------------------------------------------------------------- NFE table (command line)
 
-class RowCounter:
-    """A stand-in network that returns zeros and counts the batch rows it evaluated (NFE x batch)."""
-
-    def __init__(self):
-        self.calls, self.rows = 0, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
-        self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
-        return torch.zeros_like(x)
-
-
 def nfe_table(steps: int = DEFAULT_STEPS, batch: int = 2) -> list[tuple[str, int, int, int]]:
     """(setting, nfe() per image, counted evaluations per image, forward calls) for FPDM's conditions."""
     d, rows = Diffusion(), []
     cond = {key: torch.zeros(batch, 1) for key in COND_KEYS}  # the counter ignores the values
-    for sampler, w_src, w_fus in [("ddim", 1.0, 1.0), ("ddim", 2.0, 2.0), ("ddim", 2.0, 3.0), ("ddpm", 2.0, 2.0)]:
+    for sampler, w_src, w_fus in [("ddpm", 2.0, 2.0), ("ddim", 1.0, 1.0), ("ddim", 2.0, 2.0), ("ddim", 2.0, 3.0)]:
         counter = RowCounter()
         d.sample(counter, torch.zeros(batch, 4, 2, 2), cond, steps, sampler, w_src, w_fus)
         label = f"{sampler} {steps} steps, w_src={w_src:g} w_fus={w_fus:g}"
@@ -340,25 +268,8 @@ def nfe_table(steps: int = DEFAULT_STEPS, batch: int = 2) -> list[tuple[str, int
     return rows
 
 
-def nfe_main(nfe_table_fn, description: str, argv=None) -> None:
-    """The CLI of both process files: print the NFE table of their samplers, checked by counting."""
-    from data import OneLineParser  # the project's CLI convention (here only, not at import)
-    parser = OneLineParser(description=description)
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's)")
-    args = parser.parse_args(argv)
-    try:
-        table = nfe_table_fn() if args.steps is None else nfe_table_fn(args.steps)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print("| setting | NFE per image (nfe()) | counted | forward calls |")
-    print("| --- | --- | --- | --- |")
-    for label, predicted, counted, calls in table:
-        print(f"| {label} | {predicted} | {counted} | {calls} |")
-
-
 def main(argv=None) -> None:
-    nfe_main(nfe_table, "NFE per image of the diffusion samplers (FPDM conditions)", argv)
+    nfe_cli(nfe_table, DEFAULT_STEPS, "NFE per image of the diffusion samplers (FPDM conditions)", argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tests for diffusion.py: closed forms, the DDIM update written twice, oracles, guidance, NFE counts.
 
-Run: /work/venv/bin/python -m pytest -q tests/test_diffusion.py   (a few seconds on a 2-core CPU)
+Run: python -m pytest -q tests/test_diffusion.py   (a few seconds on a 2-core CPU)
 """
 import sys
 from pathlib import Path
@@ -12,7 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the flat repository root
 
 import diffusion as D  # noqa: E402
-from diffusion import Diffusion, drop_conditions, guidance_branches, guided_output, nfe  # noqa: E402
+from diffusion import Diffusion, nfe  # noqa: E402
+from guidance import drop_conditions, guidance_branches, guided_output  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,7 +106,9 @@ def test_timestep_spacing():
     d = Diffusion(spacing="trailing")
     assert d.timesteps(20) == list(range(999, 0, -50))  # starts at the pure-noise step 999
     assert d.timesteps(1000) == list(range(999, -1, -1))
-    assert Diffusion(spacing="leading").timesteps(20) == list(range(950, -1, -50))
+    # FPDM's default: SD's "leading" spacing with steps_offset 1
+    assert Diffusion().timesteps(20) == list(range(951, 0, -50))
+    assert Diffusion(spacing="leading", steps_offset=0).timesteps(20) == list(range(950, -1, -50))
     for steps in (1, 3, 7, 50):
         ts = d.timesteps(steps)
         assert len(ts) == steps and ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:]))
@@ -162,9 +165,9 @@ def test_oracle_sampling_returns_the_data_point(prediction, sampler, eta):
 
 
 def test_final_alpha_from_sd_configs_lands_next_to_the_point():
-    d = Diffusion(set_alpha_to_one=False)
+    d = Diffusion(set_alpha_to_one=False, spacing="trailing")
     point, noise = torch.ones(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
-    x = d.sample(PointOracle(d, point), noise, None, steps=4)
+    x = d.sample(PointOracle(d, point), noise, None, steps=4, sampler="ddim")
     a0, a_top = d.alphas_cumprod[0].item(), d.alphas_cumprod[999].item()
     eps = (noise - a_top ** 0.5 * point) / (1 - a_top) ** 0.5  # the oracle's eps, kept along an eta = 0 path
     want = a0 ** 0.5 * point + (1 - a0) ** 0.5 * eps  # the last step goes to alpha_bar_0, not to 1
@@ -351,3 +354,112 @@ def test_to_device_keeps_working():
     assert d.alphas_cumprod.device.type == "cpu"
     x = d.q_sample(torch.zeros(2, 1), torch.tensor([0, 999]), torch.ones(2, 1))
     assert x.shape == (2, 1)
+
+
+# ----------------------------------------------------------------------------- FPDM's release sampler, as diffusers runs it
+
+# diffusers 0.x DDPMScheduler(scaled_linear 0.00085 -> 0.012, clip_sample=False, steps_offset=1,
+# timestep_spacing="leading"), set_timesteps(20), .step(out, t, x, generator=seed 5).prev_sample,
+# printed once with diffusers installed (the inputs are rebuilt below from the same seeds).
+DIFFUSERS_DDPM_STEPS = {
+    951: [2.1010847091674805, -0.551936149597168, -2.886944532394409, 1.0750066041946411,
+          -1.0775911808013916, -1.1858386993408203, 0.21409249305725098, 0.5393846035003662],
+    501: [1.7117784023284912, -0.47973328828811646, -2.5215797424316406, 0.8748435974121094,
+          -1.0701849460601807, -1.0295708179473877, 0.13831448554992676, 0.5790383219718933],
+    51: [1.7180639505386353, -0.23629708588123322, -2.123981475830078, 0.5695047974586487,
+         -0.9305782318115234, -1.5970979928970337, 0.592626690864563, 0.8008168339729309],
+    1: [1.5720263719558716, -0.2770152986049652, -2.155998468399048, 0.5613954067230225,
+        -1.0500545501708984, -1.44525945186615, 0.4479464590549469, 0.8336719274520874],
+}
+
+
+def _ddpm_inputs():
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(1, 2, 2, 2, generator=g), torch.randn(1, 2, 2, 2, generator=g)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))  # what diffusers draws
+    return x, out, noise
+
+
+def test_default_sampler_is_fpdm_release():
+    assert (D.DEFAULT_SAMPLER, D.DEFAULT_STEPS, D.DEFAULT_GUIDANCE) == ("ddpm", 20, {"w_src": 2.0, "w_fus": 2.0})
+    assert nfe(D.DEFAULT_STEPS, D.DEFAULT_SAMPLER, D.COND_KEYS, **D.DEFAULT_GUIDANCE) == 40  # 2 branches
+
+
+@pytest.mark.parametrize("t", sorted(DIFFUSERS_DDPM_STEPS))
+def test_ddpm_step_equals_diffusers_ddpm_scheduler(t):
+    d = Diffusion()  # defaults: leading spacing, steps_offset 1
+    ts = d.timesteps(20)
+    t_prev = ts[ts.index(t) + 1] if t != ts[-1] else -1
+    x, out, noise = _ddpm_inputs()
+    ours = d.ddpm_step(out, t, t_prev, x, noise=noise).flatten()
+    torch.testing.assert_close(ours, torch.tensor(DIFFUSERS_DDPM_STEPS[t]), rtol=0, atol=2e-6)
+
+
+def test_ddpm_step_equals_live_diffusers_when_installed():
+    schedulers = pytest.importorskip("diffusers")  # not a requirement: the pinned test above stands in
+    s = schedulers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                 beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
+                                 timestep_spacing="leading")
+    s.set_timesteps(20)
+    d = Diffusion()
+    assert s.timesteps.tolist() == d.timesteps(20)
+    x, out, noise = _ddpm_inputs()
+    ts = d.timesteps(20)
+    for i, t in enumerate(ts):
+        ref = s.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+        ours = d.ddpm_step(out, t, ts[i + 1] if i + 1 < len(ts) else -1, x, noise=noise)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- bf16 latents (the CUDA autocast path)
+
+@pytest.mark.parametrize("t", [0, 1, 2, 5, 20])
+def test_noise_level_is_exact_for_bf16_latents(t):
+    """The noise implied by (x_t, x0, t) has unit std even when x0 arrives in bf16.
+
+    Before the float32 rule, bf16 alpha_bar rounded to 1 at t = 0 and 1: no noise at all.
+    """
+    d = Diffusion()
+    x0 = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(t)).bfloat16()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(100 + t))
+    x_t = d.q_sample(x0, torch.full((64,), t), noise)
+    assert x_t.dtype == torch.float32
+    a = d.alphas_cumprod.double()[t]
+    implied = (x_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()
+    assert implied.std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_loss_trains_on_float32_whatever_arrives():
+    seen = {}
+
+    def model(x_t, t, **cond):
+        seen["dtype"], seen["t"] = x_t.dtype, t
+        return torch.zeros_like(x_t)
+
+    x0 = torch.randn(8, 4, 4, 4).bfloat16()
+    loss, per_sample, _ = Diffusion().loss(model, x0, None, torch.Generator().manual_seed(0))
+    assert seen["dtype"] == torch.float32 and per_sample.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- joint dropping
+
+def test_joint_drop_trains_the_unconditional_branch():
+    n = 20_000
+    cond = {"pose": torch.ones(n, 2), "src_tokens": torch.ones(n, 3, 2), "fusion": torch.ones(n, 2)}
+    g = torch.Generator().manual_seed(0)
+    dropped = drop_conditions(cond, D.FPDM_DROP_PROBS, g, joint=0.1)
+    gone = {k: (v.flatten(1) == 0).all(dim=1) for k, v in dropped.items()}  # (n,) per key
+    all_gone = gone["pose"] & gone["src_tokens"] & gone["fusion"]
+    # joint 0.1, else three independent 0.2 drops: 0.1 + 0.9 * 0.008 = 0.1072 (0.008 without it)
+    assert all_gone.float().mean().item() == pytest.approx(0.1 + 0.9 * 0.2 ** 3, abs=0.006)
+    # each key alone: 0.1 + 0.9 * 0.2 = 0.28
+    for key in cond:
+        assert gone[key].float().mean().item() == pytest.approx(0.28, abs=0.01)
+
+
+def test_joint_drop_zero_draws_exactly_as_independent_drops():
+    cond = {"pose": torch.randn(16, 2), "src_tokens": torch.randn(16, 3, 2)}
+    a = drop_conditions(cond, D.FPDM_DROP_PROBS, torch.Generator().manual_seed(3))
+    b = drop_conditions(cond, D.FPDM_DROP_PROBS, torch.Generator().manual_seed(3), joint=0.0)
+    for key in cond:
+        assert torch.equal(a[key], b[key])

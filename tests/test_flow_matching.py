@@ -1,6 +1,6 @@
 """Tests for flow_matching.py: the path, the exact Gaussian velocity field as an oracle, solvers, guidance.
 
-Run: /work/venv/bin/python -m pytest -q tests/test_flow_matching.py   (a few seconds on a 2-core CPU)
+Run: python -m pytest -q tests/test_flow_matching.py   (a few seconds on a 2-core CPU)
 
 For data N(mu, s^2) and noise N(0, 1) the marginal velocity of the path
 x_t = a x0 + t x1 (a = 1 - (1 - sigma_min) t) is linear in x:
