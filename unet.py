@@ -23,6 +23,34 @@ Papers:
   Shazeer 2020, GEGLU feed-forward                                   arXiv:2002.05202
   Lee et al. 2024, FPDM (fusion embedding + pose-guided diffusion)   arXiv:2412.07333
 
+Inputs of forward(x_t, t, pose, src_tokens, fusion):
+  x_t (B, C, h, w) latents; t (B,) float in [0, 1000] (flow time x 1000, or the diffusion step);
+  pose (B, P, S, S) in [0, 1], P = 3 (the OpenPose picture) or 21 (+ 18 heatmaps). The pose
+    encoder's last conv starts at zero, so the pose adds nothing at step 0 and is learnt from there;
+  src_tokens (B, N, D) from `encode_source(source)`, computed once per source image;
+  fusion (B, F); with fusion_dim = 0 the UNet has no fusion input at all (RPFM). train.py and
+    pipeline.py set fusion_dim to the fusion model's embed_dim (0 without a fusion model).
+Which condition is present and which level has attention is decided at trace or construction
+time. The forward has no data-dependent Python branch, so torch.compile sees one graph.
+
+Presets (counts printed by `python unet.py`, built on the meta device):
+
+  preset  pixels -> latent          widths per level      attention at        source encoder     UNet + source encoder
+  tiny    64 -> 16x16x4             32, 32, 64, 128       8x8, 4x4, 2x2       conv, 64 tokens     4,123,844 + 85,904
+          (main job: 32 -> 8x8x4)
+  small   128 -> 32x32x4            64, 128, 128, 256     16x16, 8x8, 4x4     conv, 256 tokens   30,343,172 + 357,920
+  base    256 -> 32x32x4 (SD VAE)   320, 640, 1280, 1280  32x32, 16x16, 8x8   DINOv2 ViT-B/14,  889,644,164 + 86,315,520
+                                                                              257 tokens
+fusion_dim is 128 in the CPU presets and 768 in base.
+
+Source-encoder weights: `source_encoder` takes a timm model name. `source_checkpoint=PATH` loads a
+local weight file (e.g. DINOv2 ViT-B/14; `python train.py --source-checkpoint PATH`) through timm's
+pretrained_cfg_overlay, which also resizes the position embedding. `source_pretrained=True` asks timm
+to fetch the weights from the Hugging Face hub, which needs the internet. With pretrained weights the
+backbone is frozen and only its projection trains. From random init (the default) the whole
+encoder trains with the UNet. A missing file raises FileNotFoundError, and a failed download
+raises a one-line ValueError.
+
 Run:  python unet.py [--time tiny --threads 2]    (parameter counts; time a CPU training step)
 Test: python -m pytest -q tests/test_unet.py
 Use:  model = UNet("tiny"); out = model(**model.example_inputs())
@@ -392,8 +420,13 @@ class SourceEncoder(nn.Module):
 
     Either the small `ConvTokenizer` ("conv") or a timm ViT by name (DINOv2 for the base preset,
     whose forward_features gives the class token and one token per patch); a Linear maps the
-    backbone width to context_dim D. It is a trainable submodule of the UNet, called once per
-    source image so that streaming can reuse the tokens for every frame.
+    backbone width to context_dim D. It is a submodule of the UNet, called once per source image
+    so that streaming can reuse the tokens for every frame.
+
+    What trains (as FPDM does): with pretrained ViT weights (source_pretrained or a local
+    source_checkpoint) the backbone is frozen and only the projection trains, so the pretrained
+    features are kept; from random init (the offline default) the whole encoder trains, since
+    frozen random features would only be noise. `describe()` says which, for the training log.
     """
 
     def __init__(self, cfg: UNetConfig):
@@ -409,10 +442,22 @@ class SourceEncoder(nn.Module):
             stats = self.backbone.pretrained_cfg
             self.register_buffer("mean", torch.tensor(stats["mean"]).view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
             self.register_buffer("std", torch.tensor(stats["std"]).view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+            self.pretrained = bool(cfg.source_pretrained or cfg.source_checkpoint)
+            self.backbone.requires_grad_(not self.pretrained)  # frozen pretrained features, as FPDM
         else:
             self.backbone = ConvTokenizer(cfg.source_widths, self.image_size)
             self.num_tokens, width = self.backbone.num_tokens, self.backbone.width
+            self.pretrained = False
         self.proj = nn.Linear(width, cfg.context_dim)
+        self.source = cfg.source_checkpoint or ("the Hugging Face hub" if self.pretrained else "")
+
+    def describe(self) -> str:
+        """One line for the training log: which backbone, which weights, what trains."""
+        name = type(self.backbone).__name__ if not self.is_vit else self.backbone.default_cfg.get(
+            "architecture", "ViT")
+        if self.pretrained:
+            return f"{name}, pretrained ({self.source}), frozen: only its projection trains"
+        return f"{name}, random init, trained with the UNet"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-2:] != (self.image_size, self.image_size):

@@ -219,8 +219,15 @@ def test_timm_dinov2_source_encoder_offline(tmp_path):
     torch.save(saved, path)
     torch.manual_seed(123)
     config = dataclasses.replace(model.config, source_checkpoint=str(path))
-    loaded = UNet(config).source_encoder.backbone.state_dict()
+    pretrained = UNet(config).source_encoder
+    loaded = pretrained.backbone.state_dict()
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    # as FPDM: pretrained weights are frozen and only the projection trains; random init trains all
+    assert not any(p.requires_grad for p in pretrained.backbone.parameters())
+    assert all(p.requires_grad for p in pretrained.proj.parameters())
+    assert "frozen" in pretrained.describe() and str(path) in pretrained.describe()
+    assert all(p.requires_grad for p in model.source_encoder.backbone.parameters())
+    assert "random init" in model.source_encoder.describe()
     with pytest.raises(FileNotFoundError, match="source_checkpoint"):
         _tiny(source_encoder=name, source_image_size=28, source_checkpoint=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="timm model name"):
