@@ -14,8 +14,10 @@ generated image with the ground-truth target photo at 256x176 (or 512x352):
 - FID (Heusel et al. 2017, arXiv 1706.08500): the Frechet distance between Gaussians fitted to
   InceptionV3 (Szegedy et al., arXiv 1512.00567) 2048-d pool features of two image sets, in
   float64, with a matrix square root that stays real on (near-)singular covariances.
-- Baselines, by the same code: "copy the source image" and "the mean training image", so every
-  table shows how far above trivial a model stands.
+- Sharpness: the 3x3 Laplacian's variance of the generated images over that of their real
+  targets (1.0 = as sharp as the photos). SSIM and PSNR reward blur; this column shows it.
+- Baselines, by the same code and on the same pairs as the generated row: "copy the source image"
+  and "the mean training image", so every table shows how far above trivial a model stands.
 
 Every scorer returns a plain metrics dict (score_folders, score_baselines) and print_table prints
 {row name: dict} with the columns in TABLE_COLUMNS, so further rows or columns (the retrieval
@@ -28,7 +30,8 @@ Both sides are resized to the evaluation size with data.resize_for_eval (bicubic
 Weights never download here: LPIPS and FID load local files or torchvision's cache under
 TORCH_HOME; when they are absent a one-line note says so and the metric is left out.
 
-    python evaluate.py --generated runs/samples --real DATA/test_highres [--size 256x176]
+    python evaluate.py            # the newest folder `python sample.py` wrote, with its baselines
+    python evaluate.py --generated runs/samples/rpfm --real DATA/test_highres [--size 256x176]
     python evaluate.py --baselines --data DATA [--split test]
     pytest -q tests/test_evaluate.py
 
@@ -37,13 +40,12 @@ D feature dimension (2048 for Inception), K window size.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -54,10 +56,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from tqdm import tqdm
-
+import data
 import fusion
-from data import OneLineParser, PairDataset, parse_size, resize_for_eval
+import pipeline
+from data import PairDataset, option, parse_size, progress, resize_for_eval
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NAME_SEPARATOR = "___"  # sample.py names generated files {source_stem}___{target_stem}.png
@@ -116,6 +118,24 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     # note: identical images have MSE 0 (infinite PSNR); a floor of 1e-10 caps them at 100 dB so
     # that a mean over a folder stays finite
     return (10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-10))).to(a.dtype)
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as PIL's convert("L")
+
+
+def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
+    """Per-image variance (B,) of the 3x3 Laplacian of the luma of (B, 3, H, W) images in [0, 1].
+
+    High for edges and texture, low for blur. The sharpness column is its mean over the generated
+    images divided by its mean over their real targets: 1.0 is as sharp as the photos. note: SSIM
+    and PSNR reward a blurry average over a sharp guess that is slightly off, so a model can win
+    them by blurring; this column shows it.
+    """
+    luma = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    gray = (images * luma).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
+                          device=images.device).view(1, 1, 3, 3)
+    return F.conv2d(gray, kernel).flatten(1).var(dim=1)  # (B,) over the valid (H-2) x (W-2) positions
 
 
 # ----------------------------------------------------------------------------- Frechet distance
@@ -421,30 +441,33 @@ class InceptionFeatures(nn.Module):
 
 @dataclass
 class EvalConfig:
-    """Every flag of the CLI (one field, one flag)."""
-    generated: Optional[str] = field(default=None, metadata={"help": "folder of generated images"})
-    real: Optional[str] = field(default=None, metadata={"help": "folder of ground-truth images"})
-    size: str = field(default="256x176", metadata={"help": "evaluation size HxW (256x176, 512x352)"})
-    out: str = field(default="runs/evaluate.json", metadata={"help": "JSON file written"})
-    batch_size: int = field(default=16, metadata={"help": "images per batch"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, ...; auto picks cuda if present"})
-    lpips_net: str = field(default="alex", metadata={"help": "LPIPS backbone", "choices": ["alex", "vgg"]})
-    lpips_weights: Optional[str] = field(default=None, metadata={"help": "LPIPS heads (lpips format)"})
-    lpips_backbone: Optional[str] = field(default=None, metadata={"help": "torchvision AlexNet/VGG16 file"})
-    fid_weights: Optional[str] = field(default=None, metadata={
-        "help": "InceptionV3 file: torchvision's or pytorch-fid's pt_inception-2015-12-05"})
-    fid_ref: Optional[str] = field(default=None, metadata={
-        "help": "folder (e.g. the train set) or .npz with mu, sigma: also report FID against it"})
-    baselines: bool = field(default=False, metadata={"help": "add the copy-source / mean-image rows"})
-    data: Optional[str] = field(default=None, metadata={"help": "dataset root for --baselines"})
-    split: str = field(default="test", metadata={"help": "split scored by --baselines"})
-    mean_images: int = field(default=0, metadata={"help": "train images in the mean image (0 = all)"})
-    max_pairs: int = field(default=0, metadata={
-        "help": "score only the first N pairs (0 = all): a quick look, not a paper number"})
-    fusion_ckpt: Optional[str] = field(default=None, metadata={
-        "help": "a fusion .pt from train.py: the retrieval table (R@k, average rank) on --data's --split"})
-    random_init_for_testing: bool = field(default=False, metadata={
-        "help": "LPIPS/FID from untrained random networks: exercises the code, numbers are meaningless"})
+    """Every flag of the CLI (one field, one flag). With none: the newest folder sample.py wrote."""
+    generated: Optional[str] = option(None, "folder of generated images (empty: the newest sample.py "
+                                            "folder under --runs, with its pairs and baselines)")
+    real: Optional[str] = option(None, "folder of ground-truth images")
+    runs: str = option("runs", "where sample.py wrote <runs>/samples/<method>/ (used without --generated)")
+    size: str = option("", "evaluation size HxW (256x176, 512x352); empty: the photos' size of "
+                           "a sample.py folder, else 256x176")
+    out: str = option("", "JSON file written; empty: <runs>/evaluate.json")
+    batch_size: int = option(16, "images per batch")
+    device: str = option("auto", "cpu, cuda, ...; auto picks cuda if present")
+    lpips_net: str = option("alex", "LPIPS backbone", choices=["alex", "vgg"])
+    lpips_weights: Optional[str] = option(None, "LPIPS heads (lpips format)")
+    lpips_backbone: Optional[str] = option(None, "torchvision AlexNet/VGG16 file")
+    fid_weights: Optional[str] = option(None, "InceptionV3 file: torchvision's or pytorch-fid's "
+                                              "pt_inception-2015-12-05")
+    fid_ref: Optional[str] = option(None, "folder (e.g. the train set) or .npz with mu, sigma: also "
+                                          "report FID against it")
+    baselines: bool = option(False, "add the copy-source / mean-image rows, on the generated rows' "
+                                    "pairs (always on for a sample.py folder found without flags)")
+    data: Optional[str] = option(None, "dataset root for --baselines")
+    split: str = option("test", "split scored by --baselines")
+    mean_images: int = option(0, "train images in the mean image (0 = all)")
+    max_pairs: int = option(0, "score only the first N pairs (0 = all): a quick look, not a paper number")
+    fusion_ckpt: Optional[str] = option(None, "a fusion .pt from train.py: the retrieval table (R@k, "
+                                              "average rank) on --data's --split")
+    random_init_for_testing: bool = option(False, "LPIPS/FID from untrained random networks: exercises "
+                                                   "the code, numbers are meaningless")
 
 
 class Metrics:
@@ -599,14 +622,16 @@ def score_pairs(pairs, metrics: Metrics, size=(256, 176), batch_size=16, generat
     pairs: [(generated path or None, real path)]; generated_image (3, H, W) in [0, 1] replaces
     every generated file (the mean-image baseline). Real Inception features are cached by path.
     """
-    per_image = {"ssim": [], "psnr": [], "lpips": []}
+    per_image = {"ssim": [], "psnr": [], "lpips": [], "sharp_gen": [], "sharp_real": []}
     gen_feats = []
     n_batches = math.ceil(len(pairs) / batch_size)
-    for gen, real, keys in tqdm(_batches(pairs, size, batch_size, generated_image), total=n_batches,
+    for gen, real, keys in progress(_batches(pairs, size, batch_size, generated_image), total=n_batches,
                                 desc=desc, leave=False):
         gen, real = gen.to(metrics.device), real.to(metrics.device)
         per_image["ssim"].append(ssim(gen, real).cpu())
         per_image["psnr"].append(psnr(gen, real).cpu())
+        per_image["sharp_gen"].append(laplacian_variance(gen).cpu())
+        per_image["sharp_real"].append(laplacian_variance(real).cpu())
         if metrics.lpips is not None:
             per_image["lpips"].append(metrics.lpips(gen, real).cpu())
         if metrics.inception is not None:
@@ -614,7 +639,9 @@ def score_pairs(pairs, metrics: Metrics, size=(256, 176), batch_size=16, generat
             if generated_image is None:
                 gen_feats.append(metrics.features(gen))
     row = {"n_images": len(pairs)}
-    row.update({k: float(torch.cat(v).double().mean()) for k, v in per_image.items() if v})
+    means = {k: float(torch.cat(v).double().mean()) for k, v in per_image.items() if v}
+    row.update({k: v for k, v in means.items() if not k.startswith("sharp_")})
+    row["sharpness"] = means["sharp_gen"] / max(means["sharp_real"], 1e-12)  # 1.0: as sharp as real
     if metrics.inception is not None:
         if generated_image is not None:  # one image: one forward, repeated
             gen_feats = [metrics.features(generated_image[None]).expand(len(pairs), -1)]
@@ -646,7 +673,7 @@ def reference_stats(path, metrics: Metrics, size=(256, 176), batch_size=16):
             return torch.from_numpy(stats["mu"]).double(), torch.from_numpy(stats["sigma"]).double()
     files = list_images(path, "--fid-ref")
     feats = []
-    for i in tqdm(range(0, len(files), batch_size), desc="fid-ref", leave=False):
+    for i in progress(range(0, len(files), batch_size), desc="fid-ref", leave=False):
         feats.append(metrics.features(torch.stack([load_image(f, size) for f in files[i:i + batch_size]])))
     return feature_stats(torch.cat(feats))  # (D,), (D, D)
 
@@ -661,19 +688,20 @@ def mean_training_image(root, size=(256, 176), max_images: int = 0) -> torch.Ten
     if max_images > 0 and len(names) > max_images:
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
     total = torch.zeros(3, *size, dtype=torch.float64)
-    for name in tqdm(names, desc="mean train image", leave=False):
+    for name in progress(names, desc="mean train image", leave=False):
         total += load_image(train.image_path(name), size).double()
     return (total / len(names)).float()  # (3, H, W)
 
 
 def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch_size=16,
-                    ref_stats=None, mean_images: int = 0, max_pairs: int = 0) -> dict:
+                    ref_stats=None, mean_images: int = 0, max_pairs: int = 0, pairs=None) -> dict:
     """Rows for two trivial generators scored against the split's ground-truth targets:
     'copy source' outputs the source photo unchanged (right person and clothes, wrong pose);
     'mean train image' outputs one blurry average person whatever the inputs.
-    max_pairs > 0 keeps the split's first max_pairs pairs."""
-    dataset = PairDataset(root, split, size[0])
-    pairs = [(dataset.image_path(s), dataset.image_path(t)) for s, t in dataset.pairs]
+    pairs: [(source name, target name)] of the split, the pairs a generated row was scored on
+    (None: all of the split's pairs); max_pairs > 0 keeps the first max_pairs of them."""
+    dataset = PairDataset(root, split, size[0], verbose=False)
+    pairs = [(dataset.image_path(s), dataset.image_path(t)) for s, t in (pairs or dataset.pairs)]
     pairs = pairs[:max_pairs] if max_pairs > 0 else pairs
     if not pairs:
         raise ValueError(f"--baselines: split {split!r} of {root} has no pairs")
@@ -690,7 +718,8 @@ def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch
 
 # (key in a row, header, format); extend this list (or pass columns=) for new metrics
 TABLE_COLUMNS = [("n_images", "N", "{:d}"), ("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"),
-                 ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"), ("fid_ref", "FID-ref", "{:.2f}")]
+                 ("sharpness", "sharpness", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"),
+                 ("fid_ref", "FID-ref", "{:.2f}")]
 
 
 RETRIEVAL_COLUMNS = [("R@1", "R@1", "{:.1%}"), ("R@3", "R@3", "{:.1%}"), ("R@5", "R@5", "{:.1%}"),
@@ -700,9 +729,7 @@ RETRIEVAL_COLUMNS = [("R@1", "R@1", "{:.1%}"), ("R@3", "R@3", "{:.1%}"), ("R@5",
 def score_retrieval(ckpt_path, root, split="test", batch_size=64, device="auto") -> dict:
     """FPDM's Table 2 for a trained fusion stage: rank every pair's true target among all test
     targets by the fused embedding, and by the source embedding alone (the reference row)."""
-    import train  # the checkpoint format belongs to the script that writes it
-
-    model = train.load_fusion(ckpt_path).to(train.pick_device(device)).eval()
+    model = pipeline.load_fusion(ckpt_path).to(pipeline.pick_device(device)).eval()
     pairs = PairDataset(root, split, model.image_size)  # the encoder's own input size
     loader = torch.utils.data.DataLoader(pairs, batch_size=batch_size, shuffle=False)
     return fusion.evaluate_retrieval(model, loader)
@@ -722,52 +749,115 @@ def print_table(rows: dict, columns=None, file=None) -> None:
     if retrieval:
         print("higher is better: R@k; lower is better: average rank (1 is perfect)", file=file)
     else:
-        print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID", file=file)
+        print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID; sharpness: 1.0 is as "
+              "sharp as the real photos (Laplacian variance), below 1 is blurrier", file=file)
 
 
-def _check_request(cfg: EvalConfig) -> None:
+@dataclass
+class Plan:
+    """What one run scores: generated pairs, and the pairs of the baseline rows, at one size."""
+    size: tuple
+    generated: list                     # [(generated path, real path)]; [] for baselines alone
+    name: str = ""                      # the generated row's name in the table
+    data: Optional[str] = None          # dataset root of the baseline rows (None: no baselines)
+    split: str = "test"
+    baseline_pairs: Optional[list] = None  # [(source name, target name)]; None: the whole split
+
+
+def plan_request(cfg: EvalConfig) -> Plan:
     """Fail on a malformed request in a second, before any network loads."""
-    if cfg.generated is None and not cfg.baselines and cfg.fusion_ckpt is None:
-        raise ValueError("nothing to score: pass --generated DIR --real DIR, --baselines --data ROOT "
-                         "or --fusion-ckpt PATH --data ROOT")
-    if cfg.fusion_ckpt is not None and cfg.data is None:
-        raise ValueError("--fusion-ckpt needs --data ROOT (the dataset whose test pairs are ranked)")
+    if cfg.generated is None and not cfg.baselines:
+        return plan_newest_samples(cfg)
     if cfg.generated is not None and cfg.real is None:
         raise ValueError("--generated needs --real (the folder of ground-truth images)")
     if cfg.baselines and cfg.data is None:
         raise ValueError("--baselines needs --data ROOT (the dataset whose test pairs are scored)")
-    if cfg.generated is not None:
-        match_files(cfg.generated, cfg.real)
+    size = parse_size(cfg.size or "256x176")
+    generated = match_files(cfg.generated, cfg.real) if cfg.generated is not None else []
+    generated = generated[:cfg.max_pairs] if cfg.max_pairs > 0 else generated
+    baseline_pairs = pairs_named_by([g for g, _ in generated], cfg.data, cfg.split) if (
+        cfg.baselines and generated) else None
+    return Plan(size, generated, Path(cfg.generated).resolve().name if generated else "",
+                cfg.data if cfg.baselines else None, cfg.split, baseline_pairs)
+
+
+def plan_newest_samples(cfg: EvalConfig) -> Plan:
+    """No flags: the newest folder sample.py wrote, its pairs (samples.json), and the baselines on them."""
+    found = pipeline.newest_sample_record(cfg.runs)
+    if found is None:
+        raise FileNotFoundError(f"no sample folder in {Path(cfg.runs) / 'samples'}/: run `python sample.py` "
+                                f"first (or pass --generated DIR --real DIR)")
+    folder, record = found
+    dataset = PairDataset(record["data_root"], record["split"], record["image_size"], verbose=False)
+    rows = record["pairs"][:cfg.max_pairs] if cfg.max_pairs > 0 else record["pairs"]
+    generated = [(folder / file, dataset.image_path(target)) for _, target, file in rows]
+    missing = [g.name for g, _ in generated if not g.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images listed in {folder / pipeline.SAMPLE_RECORD} are "
+                                f"missing (e.g. {missing[0]}); rerun `python sample.py`")
+    print(f"evaluate.py: scoring {folder}/ ({len(rows)} {record['split']} pairs of {record['data_root']}, "
+          f"from {record['checkpoint']}); --generated DIR --real DIR scores another folder")
+    size = parse_size(cfg.size) if cfg.size else tuple(record["photo_size"])
+    return Plan(size, generated, folder.name, record["data_root"], record["split"],
+                [(source, target) for source, target, _ in rows])
+
+
+def pairs_named_by(files, root, split: str) -> list[tuple[str, str]]:
+    """The split's (source, target) pairs that generated files `{source}___{target}.png` name, in order.
+
+    note: the baselines must be scored on the generated row's pairs: over the whole split they
+    would answer another question (a 64-pair run beside 822-pair baselines).
+    """
+    dataset = PairDataset(root, split, 256, verbose=False)
+    by_stems = {(Path(s).stem, Path(t).stem): (s, t) for s, t in dataset.pairs}
+    keys = [tuple(Path(f).stem.rsplit(NAME_SEPARATOR, 1)) for f in files]
+    missing = [Path(f).name for f, key in zip(files, keys) if key not in by_stems]
+    if missing:
+        raise ValueError(f"--baselines: {len(missing)} of {len(files)} generated files name no {split} pair "
+                         f"of {root} (e.g. {', '.join(missing[:3])}), so the baselines could not be scored "
+                         f"on the same pairs; name them '{{source}}{NAME_SEPARATOR}{{target}}.png'")
+    return [by_stems[key] for key in keys]
+
+
+def score_plan(plan: Plan, cfg: EvalConfig, metrics: Metrics, ref_stats) -> dict:
+    """{row name: metrics}: the generated row, then the baselines on the same pairs."""
+    rows = {}
+    if plan.generated:
+        rows[plan.name] = score_pairs(plan.generated, metrics, plan.size, cfg.batch_size,
+                                      ref_stats=ref_stats, desc=plan.name)
+    if plan.data is not None:
+        rows.update(score_baselines(plan.data, metrics, plan.split, plan.size, cfg.batch_size, ref_stats,
+                                    cfg.mean_images, cfg.max_pairs, plan.baseline_pairs))
+    return rows
 
 
 def run(cfg: EvalConfig) -> dict:
     """Score what the config names, print notes and the table, write the JSON; returns the JSON dict."""
-    size = parse_size(cfg.size)
-    _check_request(cfg)
     if cfg.fusion_ckpt is not None:
+        if cfg.data is None:
+            raise ValueError("--fusion-ckpt needs --data ROOT (the dataset whose test pairs are ranked)")
         return run_retrieval(cfg)
+    plan = plan_request(cfg)
     metrics = build_metrics(cfg)
     for line in metrics.notes:  # what is left out, said before minutes of scoring
         print(f"note: {line}")
     n_said = len(metrics.notes)
     ref_stats = None
     if cfg.fid_ref is not None and metrics.inception is not None:
-        ref_stats = reference_stats(cfg.fid_ref, metrics, size, cfg.batch_size)
-    rows = {}
-    if cfg.generated is not None:
-        name = Path(cfg.generated).resolve().name
-        rows[name] = score_folders(cfg.generated, cfg.real, metrics, size, cfg.batch_size, ref_stats,
-                                   cfg.max_pairs)
-    if cfg.baselines:
-        rows.update(score_baselines(cfg.data, metrics, cfg.split, size, cfg.batch_size, ref_stats,
-                                    cfg.mean_images, cfg.max_pairs))
+        ref_stats = reference_stats(cfg.fid_ref, metrics, plan.size, cfg.batch_size)
+    rows = score_plan(plan, cfg, metrics, ref_stats)
     for line in metrics.notes[n_said:]:
         print(f"note: {line}")
     print_table(rows)
-    result = {"size": list(size), "rows": rows, "notes": metrics.notes, "config": dataclasses.asdict(cfg),
+    result = {"size": list(plan.size), "rows": rows, "notes": metrics.notes,
+              "config": dataclasses.asdict(cfg),
               "lpips_net": cfg.lpips_net if metrics.lpips is not None else None,
               "fid_network": metrics.inception.kind if metrics.inception is not None else None}
-    out = Path(cfg.out)
+    return write_json(result, cfg)
+
+
+def write_json(result: dict, cfg: EvalConfig) -> dict:
+    out = Path(cfg.out or Path(cfg.runs) / "evaluate.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
@@ -778,32 +868,14 @@ def run_retrieval(cfg: EvalConfig) -> dict:
     rows = score_retrieval(cfg.fusion_ckpt, cfg.data, cfg.split, cfg.batch_size, cfg.device)
     print(f"retrieval of the true target among all {cfg.split} targets ({cfg.fusion_ckpt}):")
     print_table(rows, RETRIEVAL_COLUMNS)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"retrieval": rows, "config": dataclasses.asdict(cfg)}, indent=2))
-    print(f"wrote {out}")
+    write_json({"retrieval": rows, "config": dataclasses.asdict(cfg)}, cfg)
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per EvalConfig field: bools are switches, ints typed, the rest strings."""
-    parser = OneLineParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(EvalConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            kind = int if isinstance(f.default, int) else str
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"],
-                                choices=f.metadata.get("choices"))
-    return parser
-
-
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    cfg, _ = data.parse_config(EvalConfig, argv, __doc__.split("\n\n")[0])
     try:
-        return run(EvalConfig(**vars(args)))
+        return run(cfg)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

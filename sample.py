@@ -1,26 +1,33 @@
-"""Generation with honest timing: test pairs to a folder, a side-by-side speed benchmark, streaming.
+"""Generation with honest timing: test pairs to a folder, a fair speed benchmark, streaming.
 
 A trained FPDM or RPFM checkpoint (written by train.py; it carries its VAE and, for FPDM, its
 fusion model) draws the person of each source image in each target pose. Generation has three
 parts, timed separately because they scale differently:
 
   1. source encoding: the source tokens (and FPDM's fusion embedding), once per source;
-  2. the sampling loop: `steps` x guidance branches evaluations of the UNet (the NFE);
+  2. the sampling loop: steps x guidance branches evaluations of the UNet (the NFE);
   3. VAE decoding of the final latent.
 
 Timing is honest: warm-up batches are excluded, CUDA is synchronised before every clock read,
-and the NFE is counted by wrapping the model, not computed from a formula.
+and the NFE is counted by wrapping the model, not computed from a formula. Each process samples
+at its release settings unless a flag says otherwise: FPDM DDPM 20 steps, RPFM Euler 10 steps,
+both with guidance weight 2 (w_src = w_fus: two branches, so 40 and 20 NFE per image).
+
+The benchmark times fixed settings, so no default decides the comparison: FPDM's release row
+first, FPDM with DDIM 50 (the setting of CFLD-style samplers), and FPDM and RPFM at equal NFE,
+which run the same UNet equally often: there the times differ only by what each method adds.
 
 Run:
-  python sample.py --ckpt runs/tiny/rpfm.pt                  # test pairs -> runs/samples/rpfm/
-  python sample.py --benchmark --preset tiny                 # FPDM vs RPFM speed, no checkpoint
+  python sample.py                        # newest finished runs/tiny/{fpdm,rpfm}.pt -> runs/samples/<method>/
+  python evaluate.py                      # then: score that folder (it finds it)
+  python sample.py --ckpt runs/tiny/rpfm.pt --limit 64 --steps 4
+  python sample.py --benchmark --preset tiny                 # FPDM vs RPFM speed, random weights
   python sample.py --ckpt runs/tiny/rpfm.pt --source IMG --poses poses.csv   # streaming -> GIF
-  python evaluate.py --generated runs/samples/rpfm --real <data>/test_highres
 
-Papers: FPDM (arXiv 2412.07333), flow matching (Lipman et al., arXiv 2210.02747),
-DDIM (Song et al., arXiv 2010.02502).
+Papers: FPDM (Lee et al., arXiv 2412.07333), RPFM (Jeong et al., arXiv 2505.03562), flow
+matching (Lipman et al., arXiv 2210.02747), DDIM (Song et al., arXiv 2010.02502).
 
-Shape letters: B batch, H W image size, h w latent size, N source tokens, D width.
+Shape letters: B batch, P pose channels, H W image size, h w latent size, N source tokens, D width.
 """
 from __future__ import annotations
 
@@ -41,41 +48,41 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from tqdm import tqdm
 
 import data
-import fusion
-import train
-import unet as unet_lib
-import vae as vae_lib
-
-option = train.option  # one dataclass field = one --flag, as in train.py
+import pipeline
+from data import option  # one dataclass field = one --flag
+from pipeline import Generator, Sampling
 
 
 @dataclass
 class SampleConfig:
-    ckpt: str = option("", "an fpdm or rpfm checkpoint written by train.py")
+    ckpt: str = option("", "an fpdm or rpfm checkpoint written by train.py; empty: the newest "
+                           "finished one in <runs>/<preset>/")
+    runs: str = option("runs", "train.py's runs folder: checkpoints in <runs>/<preset>/, "
+                               "samples written to <runs>/samples/<method>/")
+    preset: str = option("tiny", "named model size: the folder searched without --ckpt, and the "
+                                 "models of --benchmark", choices=tuple(pipeline.MODEL_PRESETS))
     data: str = option("", "dataset root; empty: the dataset the checkpoint was trained on")
     split: str = option("test", "which pairs to generate", choices=("train", "test"))
-    out: str = option("", "output folder; empty: runs/samples/<method>")
+    out: str = option("", "output folder; empty: <runs>/samples/<method>")
     limit: int = option(0, "generate only the first N pairs (0: all)")
-    steps: int = option(0, "sampling steps; 0: the process's default (DDIM 50 / flow matching few)")
-    solver: str = option("", "rpfm ODE solver: euler, midpoint or heun (empty: default)")
-    sampler: str = option("", "fpdm sampler: ddim or ddpm (empty: default)")
-    w_src: float = option(2.0, "cumulative CFG weight of pose + source tokens")
-    w_fus: float = option(2.5, "cumulative CFG weight of the fusion embedding (fpdm); equal to "
-                               "--w-src it is plain CFG and the middle branch is skipped")
+    steps: int = option(0, "sampling steps; 0: the process's default (fpdm: DDPM 20, rpfm: Euler 10)")
+    sampler: str = option("", "fpdm sampler: ddpm or ddim (empty: ddpm, FPDM's release)")
+    solver: str = option("", "rpfm ODE solver: euler, midpoint or heun (empty: euler)")
+    w_src: float = option(None, "guidance weight of pose + source tokens (default: the process's, 2.0)")
+    w_fus: float = option(None, "guidance weight of the fusion embedding, fpdm (default: the "
+                                "process's, 2.0); equal to --w-src it is plain CFG: 2 branches, not 3")
     batch_size: int = option(16, "images generated at once")
     seed: int = option(0, "seed of the initial noise")
     ema: bool = option(True, "sample with the EMA weights (as DiT does)")
     device: str = option("auto", "auto, cpu, cuda, mps ...")
-    bf16: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 elsewhere; bf16: autocast "
+                                    "on any device; fp32", choices=pipeline.PRECISIONS)
     compile: bool = option(False, "torch.compile the UNet (CUDA; the first batches compile)")
     warmup: int = option(2, "untimed warm-up batches before any clock is read")
-    benchmark: bool = option(False, "time random-init FPDM and RPFM side by side, no checkpoint")
-    preset: str = option("tiny", "train.py preset sizing the --benchmark models",
-                        choices=tuple(train.PRESETS))
-    repeats: int = option(5, "timed batches per method in --benchmark")
+    benchmark: bool = option(False, "time random-init FPDM and RPFM at fixed settings, no checkpoint")
+    repeats: int = option(5, "timed batches per row in --benchmark")
     source: str = option("", "streaming: one source photo")
     poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
                             "(256x176 frame, -1 missing)")
@@ -83,50 +90,7 @@ class SampleConfig:
     fps: float = option(10.0, "frames per second of the streaming GIF")
 
 
-# ----------------------------------------------------------------------------------------------
-# Models from a checkpoint (or random, for --benchmark)
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Generator:
-    """Everything one method needs to draw: process, UNet, VAE, optional fusion model."""
-    method: str
-    process: object
-    unet: nn.Module
-    vae: nn.Module
-    fusion: nn.Module | None
-    image_size: int
-    data_root: str = ""         # the dataset it was trained on ("" = the built-in benchmark)
-    bench_size: str = "64x44"   # that benchmark's photo size
-
-
-def from_checkpoint(path: str, use_ema: bool, device) -> Generator:
-    ckpt = train.load_checkpoint(path, ("fpdm", "rpfm"))
-    tcfg = train.TrainConfig(**ckpt["config"]["train"])
-    model = unet_lib.UNet(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
-    vae = vae_lib.VAE(ckpt["vae"]["config"])
-    vae.load_state_dict(ckpt["vae"]["state"])
-    fus = None
-    if "fusion" in ckpt:
-        fus = fusion.FusionModel(ckpt["fusion"]["config"], load_pretrained=False)
-        fus.load_state_dict(ckpt["fusion"]["state"])
-    return Generator(ckpt["method"], train.make_process(ckpt["method"], tcfg),
-                     *(train.frozen(m, device) if m is not None else None
-                       for m in (model, vae, fus)),
-                     image_size=tcfg.image_size, data_root=tcfg.data, bench_size=tcfg.bench_size)
-
-
-def random_generator(method: str, preset: str, device) -> Generator:
-    """Randomly initialised models of a train.py preset: speed does not depend on the weights."""
-    tcfg = train.parse_config(["--method", method, "--preset", preset])
-    vae = vae_lib.VAE(tcfg.vae)
-    # note: never pretrained weights here (speed does not depend on them, nothing to download)
-    fus = fusion.FusionModel(tcfg.fusion, load_pretrained=False) if method == "fpdm" else None
-    stage = train.latent_stage(tcfg, vae, fus, pose_channels=3)
-    return Generator(method, train.make_process(method, tcfg),
-                     *(train.frozen(m, device) if m is not None else None
-                       for m in (stage.model, vae, fus)), image_size=tcfg.image_size)
+SAMPLING_FLAGS = ("steps", "sampler", "solver", "w_src", "w_fus")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +98,7 @@ def random_generator(method: str, preset: str, device) -> Generator:
 # ----------------------------------------------------------------------------------------------
 
 class CountingModel(nn.Module):
-    """Counts UNet evaluations per image: a batched 3-branch call on B images counts 3."""
+    """Counts UNet evaluations per image: a batched 2-branch call on B images counts 2."""
 
     def __init__(self, model: nn.Module, batch: int):
         super().__init__()
@@ -169,44 +133,29 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def autocast_for(cfg: SampleConfig, device):
-    return torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-
-
-def sampler_kwargs(gen: Generator, cfg: SampleConfig) -> dict:
-    """The process-specific sampler flag: --sampler for FPDM's diffusion, --solver for RPFM."""
-    if gen.method == "fpdm":
-        return {"sampler": cfg.sampler} if cfg.sampler else {}
-    return {"solver": cfg.solver} if cfg.solver else {}
-
-
 @torch.no_grad()
-def generate(gen: Generator, source, pose, cfg: SampleConfig, timer: PhaseTimer, tokens=None):
-    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the NFE."""
-    b, latent = source.shape[0], gen.unet.config.latent_size
-    with autocast_for(cfg, source.device):
+def generate(gen: Generator, source, pose, sampling: Sampling, timer: PhaseTimer, precision: str,
+             tokens=None):
+    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE."""
+    counter = CountingModel(gen.unet, source.shape[0])
+    with pipeline.autocast_for(precision, source.device):
         with timer("source encoding"):
-            cond = {"pose": pose}
-            cond["src_tokens"] = gen.unet.encode_source(source) if tokens is None else tokens
-            if gen.fusion is not None:
-                cond["fusion"] = gen.fusion.embed(source, pose)  # (B, D): depends on the pose
-        noise = torch.randn(b, gen.unet.config.latent_channels, latent, latent,
-                            device=source.device)  # (B, 4, h, w)
-        counter = CountingModel(gen.unet, b)
+            cond = pipeline.build_cond(gen.unet, gen.fusion, source, pose, tokens)
+        noise = gen.noise(source.shape[0], source.device)  # (B, 4, h, w)
         with timer("sampling loop"):
-            z = gen.process.sample(counter, noise, cond, cfg.steps or
-                                   train.process_default_steps(gen.process),
-                                   w_src=cfg.w_src, w_fus=cfg.w_fus, **sampler_kwargs(gen, cfg))
+            z = pipeline.sample_latents(gen.process, counter, noise, cond, sampling.steps,
+                                        sampling.w_src, sampling.w_fus, sampling.sampler)
         with timer("VAE decoding"):
             images = gen.vae.decode_latents(z.float()).clamp(-1, 1)  # (B, 3, H, W)
     return images.float(), counter.nfe
 
 
-def timing_row(gen: Generator, timer: PhaseTimer, images: int, nfe: float, device) -> dict:
+def timing_row(label: str, gen: Generator, sampling: Sampling, timer: PhaseTimer, images: int,
+               nfe: float, batch: int, device) -> dict:
     total = sum(timer.seconds.values())
-    row = {"method": gen.method, "ms_per_image": 1000 * total / images,
-           "images_per_s": images / total, "nfe": nfe, "device": device_name(device),
-           "images": images}
+    row = {"label": label, "method": gen.method, **dataclasses.asdict(sampling), "nfe": nfe,
+           "ms_per_image": 1000 * total / images, "images_per_s": images / total, "batch": batch,
+           "images": images, "image_size": gen.image_size, "device": device_name(device)}
     row.update({f"ms_{k.split()[0].lower()}": 1000 * v / images for k, v in timer.seconds.items()})
     return row
 
@@ -218,55 +167,95 @@ def device_name(device) -> str:
 
 
 def print_timing(rows: list[dict]):
-    """A table for people, then one JSON line per method for scripts."""
-    print(f"{'method':6s} | {'ms/image':>9s} | {'images/s':>9s} | {'NFE':>5s} | "
-          f"{'source ms':>9s} | {'loop ms':>9s} | {'decode ms':>9s} | device")
+    """A table for people, then one JSON line per row for scripts."""
+    width = max(len(r["label"]) for r in rows)
+    print(f"{'':{width}s} | sampler | steps |  NFE | w src/fus | ms/image | images/s | source ms | "
+          f"loop ms | decode ms | device")
     for r in rows:
-        print(f"{r['method']:6s} | {r['ms_per_image']:9.2f} | {r['images_per_s']:9.2f} | "
-              f"{r['nfe']:5.0f} | {r.get('ms_source', 0):9.2f} | {r.get('ms_sampling', 0):9.2f} | "
-              f"{r.get('ms_vae', 0):9.2f} | {r['device']}")
+        w = f"{r['w_src']:g}/{r['w_fus']:g}"
+        print(f"{r['label']:{width}s} | {r['sampler']:7s} | {r['steps']:5d} | {r['nfe']:4.0f} | {w:>9s} | "
+              f"{r['ms_per_image']:8.2f} | {r['images_per_s']:8.2f} | {r.get('ms_source', 0):9.2f} | "
+              f"{r.get('ms_sampling', 0):7.2f} | {r.get('ms_vae', 0):9.2f} | {r['device']}")
     for r in rows:
         print(json.dumps(r))
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Test pairs to a folder (named for evaluate.py) and a grid
+# 1. Test pairs to a folder (named for evaluate.py, recorded in samples.json) and a grid
 # ----------------------------------------------------------------------------------------------
 
-def sample_dataset(cfg: SampleConfig, device):
-    gen = from_checkpoint(cfg.ckpt, cfg.ema, device)
-    maybe_compile(gen, cfg, device)
+def find_checkpoint(cfg: SampleConfig) -> str:
+    """--ckpt, or the newest finished fpdm/rpfm checkpoint that `python train.py` left in runs/<preset>/."""
+    if cfg.ckpt:
+        return cfg.ckpt
+    folder = Path(cfg.runs) / cfg.preset
+    path = pipeline.newest_checkpoint(folder)
+    if path is None:
+        raise FileNotFoundError(f"no fpdm.pt or rpfm.pt in {folder}/: run `python train.py --method "
+                                f"rpfm` first (or `python sample.py --benchmark`, which needs none)")
+    print(f"sample.py: using {path}, the newest finished checkpoint in {folder}/ (--ckpt picks another)")
+    return str(path)
+
+
+def sampling_from_flags(gen: Generator, cfg: SampleConfig) -> Sampling:
+    """The flags over the process's release defaults; the other method's sampler flag is an error."""
+    mine, other = ("sampler", "solver") if gen.method == "fpdm" else ("solver", "sampler")
+    if getattr(cfg, other):
+        raise ValueError(f"--{other} is for {'rpfm' if other == 'solver' else 'fpdm'} checkpoints; "
+                         f"this {gen.method} checkpoint takes --{mine}")
+    return pipeline.sampling_for(gen.process, cfg.steps, getattr(cfg, mine), cfg.w_src, cfg.w_fus)
+
+
+def open_pairs(gen: Generator, cfg: SampleConfig):
+    """(dataset, photo size (H, W)): --data, or the dataset the checkpoint was trained on."""
     root = cfg.data or gen.data_root or str(
         data.ensure_benchmark(size=data.parse_size(gen.bench_size, "bench_size")))
     dataset = data.PairDataset(root, cfg.split, gen.image_size)
-    size = photo_size(dataset)  # generated files get the ground truth's shape
-    if cfg.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
-    out = Path(cfg.out or Path("runs") / "samples" / gen.method)
+    return dataset, photo_size(dataset)  # generated files get the ground truth's shape
+
+
+def sample_dataset(cfg: SampleConfig, device):
+    gen = Generator.from_checkpoint(find_checkpoint(cfg), cfg.ema, device)
+    sampling = sampling_from_flags(gen, cfg)
+    maybe_compile(gen, cfg, device)
+    dataset, size = open_pairs(gen, cfg)
+    pairs = dataset.pairs[:cfg.limit] if cfg.limit else dataset.pairs
+    subset = torch.utils.data.Subset(dataset, range(len(pairs)))
+    out = Path(cfg.out or Path(cfg.runs) / "samples" / gen.method)
     out.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
-    warm_up(gen, next(iter(loader)), cfg, device)
-    timer, count, nfe, grid = PhaseTimer(device), 0, 0.0, None
+    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, shuffle=False)
+    warm_up(gen, next(iter(loader)), sampling, cfg, device)
+    timer, files, nfe, grid = PhaseTimer(device), [], 0.0, None
     torch.manual_seed(cfg.seed)
-    for batch in tqdm(loader, desc=f"[{gen.method}] generating"):
+    for batch in data.progress(loader, desc=f"[{gen.method}] generating"):
         src, pose = batch["source"].to(device), batch["target_pose"].to(device)
-        images, nfe = generate(gen, src, pose, cfg, timer)
-        write_images(images, batch, out, size)
+        images, nfe = generate(gen, src, pose, sampling, timer, cfg.precision)
+        files += write_images(images, batch, out, size)
         grid = grid or grid_rows(batch, images)
-        count += len(images)
     # the grid goes beside the folder: inside it, evaluate.py would look for its ground truth
     grid_path = out.with_name(out.name + "_grid.png")
-    data.save_grid([[train.enlarge(c) for c in row] for row in grid], grid_path,
+    data.save_grid([[pipeline.enlarge(c) for c in row] for row in grid], grid_path,
                    labels=("source", "target pose", "generated", "target"))
-    print(f"[{gen.method}] wrote {count} images to {out}/ and the grid {grid_path}")
-    print_timing([timing_row(gen, timer, count, nfe, device)])
+    record(out, gen, dataset, size, sampling, cfg, [(s, t, f) for (s, t), f in zip(pairs, files)])
+    print(f"[{gen.method}] wrote {len(files)} images to {out}/ and the grid {grid_path}")
+    label = f"{gen.method} ({Path(gen.checkpoint).name})"
+    print_timing([timing_row(label, gen, sampling, timer, len(files), nfe, cfg.batch_size, device)])
 
 
-def warm_up(gen, batch, cfg, device):
+def record(out: Path, gen: Generator, dataset, size, sampling: Sampling, cfg: SampleConfig, pairs):
+    """samples.json: what evaluate.py needs to score exactly these pairs (and their baselines)."""
+    pipeline.write_sample_record(out, {
+        "method": gen.method, "checkpoint": gen.checkpoint, "data_root": str(dataset.root.resolve()),
+        "split": cfg.split, "photo_size": list(size), "image_size": gen.image_size,
+        "sampling": dataclasses.asdict(sampling), "seed": cfg.seed, "ema": cfg.ema,
+        "count": len(pairs), "pairs": [list(p) for p in pairs]})  # [source, target, file]
+
+
+def warm_up(gen, batch, sampling: Sampling, cfg: SampleConfig, device):
     """Untimed batches first: allocator, cuDNN autotuning and torch.compile happen here."""
     for _ in range(cfg.warmup):
-        generate(gen, batch["source"].to(device), batch["target_pose"].to(device), cfg,
-                 PhaseTimer(device))
+        generate(gen, batch["source"].to(device), batch["target_pose"].to(device), sampling,
+                 PhaseTimer(device), cfg.precision)
 
 
 def maybe_compile(gen: Generator, cfg: SampleConfig, device):
@@ -287,11 +276,14 @@ def photo_size(dataset: data.PairDataset) -> tuple[int, int]:
     return (h, round(h * data.FRAME[1] / data.FRAME[0])) if w == h else (h, w)
 
 
-def write_images(images, batch, out: Path, size):
+def write_images(images, batch, out: Path, size) -> list[str]:
     """`{source}___{target}.png`, at the photos' own size: what evaluate.py matches on."""
     images = data.resize_for_eval(images, size)  # (B, 3, H', W') back to the photo's aspect
+    names = []
     for img, s, t in zip(images, batch["source_name"], batch["target_name"]):
-        data.tensor_to_pil(img).save(out / f"{Path(s).stem}___{Path(t).stem}.png")
+        names.append(f"{Path(s).stem}___{Path(t).stem}.png")
+        data.tensor_to_pil(img).save(out / names[-1])
+    return names
 
 
 def grid_rows(batch, images, n: int = 8):
@@ -301,30 +293,66 @@ def grid_rows(batch, images, n: int = 8):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The speed benchmark: random-init FPDM and RPFM of one preset, side by side
+# 2. The speed benchmark: random-init FPDM and RPFM of one preset at fixed settings
 # ----------------------------------------------------------------------------------------------
 
+BENCHMARK_W = 2.0  # FPDM's and RPFM's release guidance weight, w_src = w_fus: two branches
+# (label, method, sampler, steps). FPDM's release first; DDIM 50 is the CFLD / X-MDPT-style
+# setting; the last two rows have equal NFE (20): the same UNet runs equally often, so their
+# times differ only by what the method adds around it (FPDM's fusion embedding), not by steps.
+BENCHMARK_ROWS = (
+    ("FPDM release", "fpdm", "ddpm", 20),
+    ("FPDM DDIM 50", "fpdm", "ddim", 50),
+    ("FPDM at RPFM's NFE", "fpdm", "ddim", 10),
+    ("RPFM default", "rpfm", "euler", 10),
+)
+
+
+def benchmark_inputs(gen: Generator, batch: int, seed: int, device):
+    """Random source (B, 3, H, W) in [-1, 1] and pose map (B, 3, H, W) in [0, 1], the same for every row."""
+    g = torch.Generator().manual_seed(seed)
+    s = gen.image_size
+    source = torch.rand(batch, 3, s, s, generator=g) * 2 - 1  # (B, 3, H, W)
+    return source.to(device), torch.rand(batch, 3, s, s, generator=g).to(device)  # (B, 3, H, W)
+
+
 def benchmark(cfg: SampleConfig, device):
-    rows = []
-    for method in ("fpdm", "rpfm"):
+    gens = {}
+    for method in pipeline.LATENT_METHODS:
         torch.manual_seed(cfg.seed)
-        gen = random_generator(method, cfg.preset, device)
-        maybe_compile(gen, cfg, device)
-        s, b = gen.image_size, cfg.batch_size
-        source = torch.rand(b, 3, s, s, device=device) * 2 - 1  # (B, 3, H, W)
-        pose = torch.rand(b, 3, s, s, device=device)  # (B, 3, H, W)
-        warm_up(gen, {"source": source, "target_pose": pose}, cfg, device)
-        timer = PhaseTimer(device)
-        for _ in tqdm(range(cfg.repeats), desc=f"[{method}] timing"):
-            _, nfe = generate(gen, source, pose, cfg, timer)
-        rows.append(timing_row(gen, timer, cfg.repeats * b, nfe, device))
-    print(f"preset {cfg.preset}, batch {cfg.batch_size}, {cfg.repeats} timed batches after "
-          f"{cfg.warmup} warm-up, w_src {cfg.w_src}, w_fus {cfg.w_fus}")
-    print_timing(rows)
-    ratio = rows[0]["ms_per_image"] / rows[1]["ms_per_image"]
-    print(f"RPFM is {ratio:.1f}x faster than FPDM per image "
-          f"(NFE {rows[0]['nfe']:.0f} vs {rows[1]['nfe']:.0f})")
-    print(json.dumps({"speedup_rpfm_over_fpdm": ratio, "preset": cfg.preset}))
+        gens[method] = Generator.random_init(method, cfg.preset, device)
+        maybe_compile(gens[method], cfg, device)
+    source, pose = benchmark_inputs(gens["fpdm"], cfg.batch_size, cfg.seed, device)
+    rows = [(label, gens[m], Sampling(steps, sampler, BENCHMARK_W, BENCHMARK_W))
+            for label, m, sampler, steps in BENCHMARK_ROWS]
+    for _, gen, sampling in rows:
+        for _ in range(cfg.warmup):
+            generate(gen, source, pose, sampling, PhaseTimer(device), cfg.precision)
+    timers, nfes = [PhaseTimer(device) for _ in rows], [0.0] * len(rows)
+    # note: rows take turns within each repeat, so a slower or busier moment of a shared machine
+    # falls on every row alike instead of on whichever row happened to run then
+    for _ in data.progress(range(cfg.repeats), desc="[benchmark] repeats"):
+        for i, (_, gen, sampling) in enumerate(rows):
+            _, nfes[i] = generate(gen, source, pose, sampling, timers[i], cfg.precision)
+    results = [timing_row(label, gen, sampling, timer, cfg.repeats * cfg.batch_size, nfe,
+                          cfg.batch_size, device)
+               for (label, gen, sampling), timer, nfe in zip(rows, timers, nfes)]
+    print(f"preset {cfg.preset} ({gens['fpdm'].image_size} px), batch {cfg.batch_size}, random weights, "
+          f"{cfg.repeats} timed batches per row after {cfg.warmup} warm-up, precision {cfg.precision}")
+    print_timing(results)
+    print_ratios(results, cfg.preset)
+
+
+def print_ratios(rows: list[dict], preset: str):
+    """Each row's time per image over RPFM's default row, all measured in this one run."""
+    base = rows[-1]
+    ratios = {r["label"]: r["ms_per_image"] / base["ms_per_image"] for r in rows[:-1]}
+    for r in rows[:-1]:
+        print(f"{r['label']} ({r['nfe']:.0f} NFE) takes {ratios[r['label']]:.2f}x the time per image of "
+              f"{base['label']} ({base['nfe']:.0f} NFE)")
+    print("at equal NFE the two methods run the same UNet equally often: the ratio there is what "
+          "the method costs, the others add what the step count costs")
+    print(json.dumps({"preset": preset, "reference": base["label"], "time_ratio": ratios}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,44 +401,45 @@ def load_source(path: str, size: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def stream(cfg: SampleConfig, device):
-    gen = from_checkpoint(cfg.ckpt, cfg.ema, device)
+    gen = Generator.from_checkpoint(find_checkpoint(cfg), cfg.ema, device)
+    sampling = sampling_from_flags(gen, cfg)
     maybe_compile(gen, cfg, device)
     frames = read_pose_csv(cfg.poses)
     frame_hw = data.parse_size(cfg.pose_frame, "--pose-frame")
     source = load_source(cfg.source, gen.image_size, device)
-    s = gen.image_size
     encode = PhaseTimer(device)
     with encode("source encoding"):
         tokens = gen.unet.encode_source(source)  # (1, N, D): once for the whole stream
-    pose_maps = [pose_tensor(kp, s, frame_hw, device) for kp in frames]
+    pose_maps = [pose_tensor(kp, gen.image_size, frame_hw, device) for kp in frames]
     for _ in range(cfg.warmup):
-        generate(gen, source, pose_maps[0], cfg, PhaseTimer(device), tokens)
-    out_frames, latencies = [], []
-    for pose in tqdm(pose_maps, desc="[stream] frames"):
+        generate(gen, source, pose_maps[0], sampling, PhaseTimer(device), cfg.precision, tokens)
+    out_frames, latencies, nfe = [], [], 0.0
+    for pose in data.progress(pose_maps, desc="[stream] frames"):
         timer = PhaseTimer(device)
-        image, nfe = generate(gen, source, pose, cfg, timer, tokens)
+        image, nfe = generate(gen, source, pose, sampling, timer, cfg.precision, tokens)
         latencies.append(sum(timer.seconds.values()))
-        out_frames.append(data.tensor_to_pil(torch.cat([image[0].cpu(), pose[0, :3].cpu() * 2 - 1], 2)))
+        pair = torch.cat([image[0].cpu(), pose[0, :3].cpu() * 2 - 1], 2)  # (3, H, 2W): generated | pose
+        out_frames.append(data.tensor_to_pil(pair))
     write_gif(out_frames, cfg, gen)
-    report_stream(latencies, encode.seconds["source encoding"], nfe, gen, device)
+    report_stream(latencies, encode.seconds["source encoding"], nfe, gen, sampling, device)
 
 
 def pose_tensor(kp, size: int, frame_hw, device) -> torch.Tensor:
     pose = data.render_pose(kp, size, size, frame=frame_hw)  # (H, W, 3) uint8
-    return torch.from_numpy(pose).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
+    return torch.from_numpy(pose).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)  # (1, 3, H, W)
 
 
 def write_gif(frames, cfg: SampleConfig, gen: Generator):
-    out = Path(cfg.out or Path("runs") / "samples" / f"{gen.method}_stream")
+    out = Path(cfg.out or Path(cfg.runs) / "samples" / f"{gen.method}_stream")
     out.mkdir(parents=True, exist_ok=True)
     frames[0].save(out / "stream.gif", save_all=True, append_images=frames[1:],
                    duration=int(1000 / cfg.fps), loop=0)
     print(f"[stream] wrote {len(frames)} frames (generated | pose) to {out / 'stream.gif'}")
 
 
-def report_stream(latencies, encode_s, nfe, gen, device):
+def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device):
     ms = 1000 * np.asarray(latencies)
-    row = {"method": gen.method, "mode": "stream", "frames": len(ms),
+    row = {"method": gen.method, "mode": "stream", **dataclasses.asdict(sampling), "frames": len(ms),
            "ms_per_frame": float(ms.mean()), "ms_per_frame_max": float(ms.max()),
            "frames_per_s": float(1000 / ms.mean()), "ms_source_once": 1000 * encode_s,
            "nfe": nfe, "device": device_name(device),
@@ -425,18 +454,18 @@ def report_stream(latencies, encode_s, nfe, gen, device):
 # ----------------------------------------------------------------------------------------------
 
 def parse_config(argv=None) -> SampleConfig:
-    args = train.build_parser(SampleConfig, __doc__.splitlines()[0]).parse_args(argv)
-    cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in vars(args).items()
-                                                  if v is not None})
-    if not cfg.benchmark and not cfg.ckpt:
-        raise ValueError("--ckpt is required (or --benchmark for random-init timing)")
+    cfg, given = data.parse_config(SampleConfig, argv, __doc__.splitlines()[0])
+    if cfg.benchmark and given & set(SAMPLING_FLAGS):
+        flags = ", ".join("--" + f.replace("_", "-") for f in SAMPLING_FLAGS if f in given)
+        raise ValueError(f"--benchmark times fixed settings (FPDM DDPM 20, DDIM 50, DDIM 10; RPFM "
+                         f"Euler 10; w = {BENCHMARK_W:g}) so that no flag biases it; drop {flags}")
     if bool(cfg.source) != bool(cfg.poses):
         raise ValueError("streaming needs both --source IMG and --poses FILE")
     return cfg
 
 
 def run(cfg: SampleConfig):
-    device = train.pick_device(cfg.device)
+    device = pipeline.pick_device(cfg.device)
     if cfg.benchmark:
         benchmark(cfg, device)
     elif cfg.poses:

@@ -14,8 +14,10 @@ Stages chain themselves: `--method rpfm` first trains (or reuses) the VAE, `--me
 the VAE and the fusion model, each saved as `<out>/<stage>.pt` and reused by the next run.
 
 Papers:
-  FPDM  Enhancing Pose-Guided Person Image Synthesis with a Fusion Embedding (arXiv 2412.07333)
-  RPFM  real-time person image synthesis with flow matching (Lipman et al., arXiv 2210.02747)
+  FPDM  Lee et al., Fusion Embedding for Pose-Guided Person Image Synthesis with Diffusion Model
+        (arXiv 2412.07333)
+  RPFM  Jeong et al., Real-Time Person Image Synthesis Using a Flow Matching Model (arXiv 2505.03562),
+        on flow matching, Lipman et al. (arXiv 2210.02747)
   LDM   Rombach et al., High-Resolution Image Synthesis with Latent Diffusion (arXiv 2112.10752)
 
 Run:
@@ -36,7 +38,6 @@ import os
 # waiting costs nothing noticeable on an idle machine. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import copy
 import dataclasses
 import random
@@ -50,27 +51,22 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import data
-import diffusion
-import flow_matching
 import fusion
 import unet as unet_lib
 import vae as vae_lib
+from data import option
+from pipeline import (CKPT_VERSION, MODEL_PRESETS, PRECISIONS, autocast_for,  # noqa: F401 (CKPT_VERSION: tests)
+                      build_cond, component, enlarge, frozen, load_checkpoint, load_fusion, load_vae,
+                      make_process, pick_device, sample_latents, save_checkpoint, unet_config_for)
 
 METHODS = ("vae", "fusion", "fpdm", "rpfm")
-CKPT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------
 # Configuration: one dataclass, flags generated from it, named presets that override defaults.
 # ----------------------------------------------------------------------------------------------
-
-def option(default, help, **extra):
-    """A dataclass field that carries its --help text (and choices) for the generated parser."""
-    return field(default=default, metadata=dict(help=help, **extra))
-
 
 @dataclass
 class TrainConfig:
@@ -107,10 +103,16 @@ class TrainConfig:
     flip: bool = option(True, "random horizontal flip with left/right joints swapped")
     heatmaps: bool = option(False, "add 18 Gaussian keypoint heatmaps to the pose map")
     drop_prob: float = option(0.2, "per-condition drop probability, for classifier-free guidance")
+    joint_drop: float = option(0.1, "probability of dropping all conditions at once (trains the "
+                                    "unconditional branch guidance starts from)")
     offset_noise: float = option(0.1, "fpdm: offset-noise strength (FPDM uses 0.1)")
-    grid_steps: int = option(0, "sampling steps for the grid; 0: the process's default")
-    w_src: float = option(2.0, "guidance weight of pose + source in the grid")
-    w_fus: float = option(2.5, "guidance weight of the fusion embedding in the grid (fpdm)")
+    prediction: str = option("v", "fpdm: what the UNet predicts. FPDM's eps on the GPU presets; v on "
+                                  "tiny, where eps draws noise (diffusion.py says why)", choices=("eps", "v"))
+    grid_steps: int = option(0, "sampling steps for the grid; 0: the process's default "
+                                "(fpdm: DDPM 20, rpfm: Euler 10)")
+    w_src: float = option(2.0, "guidance weight of pose + source in the grid (FPDM: 2.0)")
+    w_fus: float = option(2.0, "guidance weight of the fusion embedding in the grid (fpdm; FPDM: 2.0, "
+                               "equal weights = 2 branches)")
     log_every: int = option(100, "steps between fixed-width log lines")
     sample_every: int = option(400, "steps between PNG grids")
     ckpt_every: int = option(400, "steps between checkpoints (one is always written at the end)")
@@ -118,53 +120,31 @@ class TrainConfig:
     num_workers: int = option(1, "DataLoader worker processes")
     seed: int = option(0, "seed of the data order, initialisation and noise")
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps ...")
-    bf16: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 elsewhere; bf16: autocast "
+                                    "on any device (CPU bf16 stands in for CUDA in tests); fp32",
+                           choices=PRECISIONS)
     resume: bool = option(False, "continue --method from <out>/<method>.pt")
 
 
-# tiny: the main job, `python train.py --method rpfm` on 2 CPU cores in under 10 minutes. 32 px
-# images (8x8x4 latents) because on a CPU the number of steps is what buys quality: at 64 px a
-# step costs about 2.5x more and 10 minutes gave blobs; at 32 px 1,400 steps give a person.
-# Sizes as in the papers for the GPU presets: 256x176 photos trained at 256x256 (CFLD, FPDM)
-# and 512x352 at 512x512 (PCDM); SD's VAE shape (downsample 8).
+# Named presets: the model sizes of pipeline.MODEL_PRESETS plus the training settings of each.
+# tiny is the main job, `python train.py --method rpfm` on 2 CPU cores in under 10 minutes: at
+# 32 px a step is cheap enough that 1,400 of them give a person (at 64 px, 10 minutes gave blobs).
+# The GPU presets follow the papers: FPDM's eps objective, lr 1e-4, EMA 0.9999, long runs.
+_GPU = dict(prediction="eps", steps=200_000, vae_steps=100_000, fusion_steps=50_000, lr=1e-4,
+            vae_lr=1e-4, fusion_lr=1e-5, warmup=1000, num_workers=8, log_every=100,
+            sample_every=5000, ckpt_every=5000, ema_decay=0.9999)
 PRESETS = {
-    "tiny": dict(),
-    "base256": dict(image_size=256, bench_size="256x176", unet="base", vae="sd", fusion="vit_l14",
-                    steps=200_000, vae_steps=100_000, fusion_steps=50_000, batch_size=32,
-                    lr=1e-4, vae_lr=1e-4, fusion_lr=1e-5, warmup=1000, num_workers=8,
-                    log_every=100, sample_every=5000, ckpt_every=5000, ema_decay=0.9999),
-    "base512": dict(image_size=512, bench_size="512x352", unet="base", vae="sd", fusion="vit_l14",
-                    steps=200_000, vae_steps=100_000, fusion_steps=50_000, batch_size=16,
-                    lr=1e-4, vae_lr=1e-4, fusion_lr=1e-5, warmup=1000, num_workers=8,
-                    log_every=100, sample_every=5000, ckpt_every=5000, ema_decay=0.9999),
+    "tiny": dict(**MODEL_PRESETS["tiny"]),
+    "base256": dict(**MODEL_PRESETS["base256"], **_GPU, batch_size=32),
+    "base512": dict(**MODEL_PRESETS["base512"], **_GPU, batch_size=16),
 }
-
-
-def build_parser(config_cls, description: str, presets: dict | None = None) -> data.OneLineParser:
-    """Generate one --flag per dataclass field; defaults stay None so presets can fill them."""
-    parser = data.OneLineParser(description=description)
-    defaults = config_cls()
-    for f in dataclasses.fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        meta = dict(f.metadata)
-        help_text = meta.pop("help", "") + f" (default: {getattr(defaults, f.name)!r})"
-        if f.name == "preset" and presets is not None:
-            meta["choices"] = list(presets)
-        kind = f.type if isinstance(f.type, str) else f.type.__name__  # "int" under __future__
-        if kind == "bool":  # --flag / --no-flag
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
-        else:
-            parser.add_argument(flag, type={"int": int, "float": float, "str": str}[kind],
-                                default=None, help=help_text, **meta)
-    return parser
 
 
 def parse_config(argv=None) -> TrainConfig:
     """Defaults < preset < flags given on the command line."""
     about = (__doc__.splitlines()[0] + " The defaults shown are the tiny preset's; "
              "--preset base256 / base512 changes them (see PRESETS).")
-    args = build_parser(TrainConfig, about, PRESETS).parse_args(argv)
+    args = data.config_parser(TrainConfig, about, PRESETS).parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = dataclasses.replace(TrainConfig(), **PRESETS[given.get("preset", "tiny")])
     cfg = dataclasses.replace(cfg, **given)
@@ -186,19 +166,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` is the GPU when there is one; a named device must exist (one clear line if not)."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible to torch")
-    return device
 
 
 def setup_distributed(device_name: str) -> Dist:
@@ -309,56 +276,6 @@ def make_batches(cfg, dataset, dist: Dist, batch_size: int, start_step: int):
 # Checkpoints: one dict, written atomically, loaded with a clear error when wrong
 # ----------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, payload: dict):
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"version": CKPT_VERSION, **payload}, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
-
-
-def load_checkpoint(path, method: str | tuple | None = None) -> dict:
-    """Load our checkpoint dict; one clear error for a missing, corrupt or wrong-method file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, a text file ...
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file "
-                         f"({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "version" not in ckpt or "method" not in ckpt:
-        raise ValueError(f"checkpoint {path} is not a checkpoint of this project's train.py")
-    wanted = (method,) if isinstance(method, str) else method
-    if wanted and ckpt["method"] not in wanted:
-        raise ValueError(f"checkpoint {path} holds a {ckpt['method']!r} model, "
-                         f"expected {' or '.join(wanted)}")
-    return ckpt
-
-
-def load_vae(path: str) -> vae_lib.VAE:
-    """Our VAE checkpoint (EMA weights), or a diffusers AutoencoderKL folder."""
-    if Path(path).is_dir():
-        return vae_lib.load_diffusers_vae(path)
-    ckpt = load_checkpoint(path, "vae")
-    model = vae_lib.VAE(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["ema"])
-    return model
-
-
-def load_fusion(path: str) -> fusion.FusionModel:
-    ckpt = load_checkpoint(path, "fusion")
-    model = fusion.FusionModel(ckpt["config"]["model"], load_pretrained=False)  # weights: below
-    model.load_state_dict(ckpt["ema"])
-    return model
-
-
-def frozen(model: nn.Module, device) -> nn.Module:
-    """A network used as a fixed function by a later stage: eval mode, no gradients."""
-    model.to(device).eval().requires_grad_(False)
-    return model
-
-
 # ----------------------------------------------------------------------------------------------
 # Stages: what trains, its loss and its grid. The loop below is the same for all of them.
 # ----------------------------------------------------------------------------------------------
@@ -410,55 +327,18 @@ def fusion_stage(cfg: TrainConfig) -> Stage:
                  grid=None)
 
 
-def make_process(method: str, cfg: TrainConfig):
-    """FPDM's diffusion or RPFM's flow matching: the only line where the two papers differ."""
-    drops = {"pose": cfg.drop_prob, "src_tokens": cfg.drop_prob, "fusion": cfg.drop_prob}
-    if method == "fpdm":
-        return diffusion.Diffusion(offset_noise=cfg.offset_noise, drop_probs=drops)
-    return flow_matching.FlowMatching(drop_probs=drops)
-
-
-def sample_latents(process, model, noise, cond, steps: int, w_src: float, w_fus: float):
-    """Draw latents with either process, at its default sampler (and steps, when 0 is given)."""
-    steps = steps or process_default_steps(process)
-    return process.sample(model, noise, cond, steps, w_src=w_src, w_fus=w_fus)
-
-
-def process_default_steps(process) -> int:
-    module = diffusion if isinstance(process, diffusion.Diffusion) else flow_matching
-    return module.DEFAULT_STEPS
-
-
-def build_cond(model: unet_lib.UNet, fusion_model, source, pose) -> dict:
-    """The conditions of both methods: pose map, source tokens, and (FPDM) the fusion embedding.
-
-    note: the tokens are computed outside the UNet's forward so streaming can encode a source
-    once; the process drops them (zeros) per sample exactly as it does at guidance time.
-    """
-    cond = {"pose": pose, "src_tokens": model.encode_source(source)}  # tokens: (B, N, D)
-    if fusion_model is not None:
-        with torch.no_grad():
-            cond["fusion"] = fusion_model.embed(source, pose)  # (B, D), fixed: stage 1 is frozen
-    return cond
-
-
 def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: int) -> Stage:
     """FPDM and RPFM: the same UNet and conditions, trained by a different process."""
     seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     # sizes follow the data and the frozen stages; fusion_dim 0: RPFM has no fusion input at all
-    ucfg = dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size,
-                               pose_channels=pose_channels,
-                               latent_size=cfg.image_size // vae.downsample_factor,
-                               latent_channels=vae.latent_channels,
-                               fusion_dim=fusion_model.embed_dim if fusion_model else 0)
-    if cfg.source_checkpoint:
-        ucfg = dataclasses.replace(ucfg, source_checkpoint=cfg.source_checkpoint)
+    ucfg = unet_config_for(cfg.unet, cfg.image_size, vae, fusion_model, pose_channels, cfg.source_checkpoint)
     model = unet_lib.UNet(ucfg)
-    process = make_process(cfg.method, cfg)
+    process = make_process(cfg.method, dataclasses.asdict(cfg))
 
     def loss(m, batch):
         with torch.no_grad():
-            x = vae.encode_latents(batch["target"])  # (B, 4, h, w), unit variance
+            # float32 even under autocast: the processes need exact noise levels (diffusion.py)
+            x = vae.encode_latents(batch["target"]).float()  # (B, 4, h, w), unit variance
         cond = build_cond(m, fusion_model, batch["source"], batch["target_pose"])
         return process.loss(m, x, cond)
 
@@ -477,11 +357,6 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
         extra["fusion"] = component(fusion_model)
     return Stage(cfg.method, model, cfg.steps, cfg.batch_size, cfg.lr, loss, grid, extra,
                  labels=("source", "target pose", "generated", "target"))
-
-
-def component(model: nn.Module) -> dict:
-    """A frozen network saved inside a later checkpoint, so that file alone can sample."""
-    return {"config": dataclasses.asdict(model.config), "state": model.state_dict()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,7 +433,7 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
     if start == 0:
         seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and dropping
     batches = make_batches(cfg, dataset, dist, stage.batch_size, start)
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    autocast = autocast_for(cfg.precision, device)
     log, by_t = StepLog(stage, start, dist), LossByT()
     save = lambda step: save_stage(ckpt_path, stage, cfg, model, ema, opt, step, dist)  # noqa
     done = start  # steps whose update is complete
@@ -653,19 +528,13 @@ def write_grid(stage: Stage, ema, batch, path: Path, cfg: TrainConfig):
     data.save_grid([[enlarge(img) for img in row] for row in rows], path, labels=stage.labels)
 
 
-def enlarge(img: torch.Tensor, at_least: int = 128) -> torch.Tensor:
-    """Nearest-neighbour upscaling of small CPU-preset images, so a person can see the grid."""
-    k = max(1, at_least // img.shape[-1])
-    return img.float().cpu().repeat_interleave(k, -1).repeat_interleave(k, -2)  # (3, kH, kW)
-
-
 class StepLog:
     """tqdm bar (loss, lr, images/s) plus a fixed-width line every N steps, on rank 0 only."""
 
     def __init__(self, stage: Stage, start: int, dist: Dist):
         self.stage, self.main = stage, dist.main
-        self.bar = tqdm(total=stage.steps, initial=start, desc=f"[{stage.name}]",
-                        disable=not self.main, dynamic_ncols=True)
+        self.bar = data.progress(total=stage.steps, initial=start, desc=f"[{stage.name}]",
+                                 disable=not self.main, dynamic_ncols=True)
         self.t0, self.images = time.time(), 0
 
     def step(self, step, loss, grad_norm, lr, by_t: LossByT, every: int):
@@ -761,6 +630,8 @@ def run(cfg: TrainConfig):
         vae = get_vae(cfg, dist, dataset)
         fusion_model = get_fusion(cfg, dist, dataset)
         stage = latent_stage(cfg, vae, fusion_model, dataset.pose_channels)
+        if dist.main:
+            print(f"[{cfg.method}] source encoder: {stage.model.source_encoder.describe()}")
         model = run_stage(stage, cfg, dist, dataset, resume=cfg.resume)
     if dist.world > 1:
         check_ranks_agree(model, dist)

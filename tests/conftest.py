@@ -1,5 +1,5 @@
-"""Shared pytest set-up: two torch threads (the CI machine has two cores) and one tiny
-built-in benchmark, synthesised once per session and reused by every test file.
+"""Shared pytest set-up: two torch threads (the CI machine has two cores), one tiny built-in
+benchmark synthesised once per session, and tiny fpdm / rpfm checkpoints trained on it once.
 
     python -m pytest -q
 """
@@ -17,6 +17,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(2)
 
+# 32 px images (8x8 latents), batches of 4 and two steps per stage: seconds on 2 cores
+TRAIN_FAST = ["--image-size", "32", "--batch-size", "4", "--num-workers", "0", "--vae-steps", "2",
+              "--fusion-steps", "2", "--steps", "2", "--grid-steps", "2", "--warmup", "1"]
+
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
@@ -26,3 +30,15 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("benchmark") / "tiny"
     data.synthesize(root, size=(64, 44), seed=0, max_items=12)
     return root
+
+
+@pytest.fixture(scope="session")
+def ckpts(tiny_root, tmp_path_factory) -> Path:
+    """A folder with finished tiny fpdm.pt and rpfm.pt sharing one VAE (only plumbing is tested)."""
+    import train  # tests may use the scripts; the library files never do
+
+    out = tmp_path_factory.mktemp("ckpts")
+    for method in ("fpdm", "rpfm"):
+        train.run(train.parse_config(["--method", method, "--data", str(tiny_root), "--out", str(out),
+                                      *TRAIN_FAST]))
+    return out

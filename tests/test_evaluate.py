@@ -1,4 +1,5 @@
-"""Tests of evaluate.py: each metric against a closed form or a second, slower computation.
+"""Tests of evaluate.py: each metric against a closed form or a second, slower computation;
+`python sample.py` then `python evaluate.py`, both without flags; baselines on the generated pairs.
 
     pytest -q tests/test_evaluate.py
 
@@ -8,6 +9,8 @@ the code paths; the checks use properties that hold for any weights (identical i
 import functools
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,6 +225,7 @@ def test_cli_end_to_end_on_identical_folders(tmp_path, capsys, monkeypatch):
     assert row["n_images"] == 2 and row["ssim"] == pytest.approx(1.0) and row["lpips"] == 0.0
     assert row["psnr"] == pytest.approx(100.0) and row["fid"] == pytest.approx(0.0, abs=1e-4)
     assert row["fid_ref"] == pytest.approx(0.0, abs=1e-4)  # the reference set is the same images
+    assert row["sharpness"] == pytest.approx(1.0)  # as sharp as the real images: they are the same
     printed = capsys.readouterr().out
     assert "mean nothing" in printed and "SSIM" in printed and "FID" in printed
 
@@ -265,3 +269,60 @@ def test_print_table_skips_absent_columns_and_marks_missing_cells(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "LPIPS" not in lines[0] and "FID" in lines[0]
     assert lines[2].split() == ["other", "3", "-", "-"]
+
+
+def test_laplacian_variance_matches_explicit_differences_and_sees_blur():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 20, 16, dtype=torch.float64)
+    g = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # (B, H, W)
+    lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1]
+    assert torch.allclose(evaluate.laplacian_variance(x), lap.flatten(1).var(dim=1))
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert (evaluate.laplacian_variance(blurred) < 0.5 * evaluate.laplacian_variance(x)).all()
+
+
+def _quiet_metrics(monkeypatch, tmp_path):
+    """No LPIPS / FID weights anywhere: both become notes, and the run takes seconds."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(evaluate, "default_lpips_heads_path", lambda net: None)
+
+
+def test_no_flags_scores_the_newest_sample_folder_and_baselines_on_its_pairs(ckpts, tiny_root, tmp_path,
+                                                                            monkeypatch, capsys):
+    import sample
+
+    monkeypatch.chdir(tmp_path)
+    _quiet_metrics(monkeypatch, tmp_path)
+    expect = "run `python sample.py` first"
+    with pytest.raises(SystemExit):
+        evaluate.main([])
+    assert expect in capsys.readouterr().err
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    shutil.copy(ckpts / "rpfm.pt", tmp_path / "runs" / "tiny" / "rpfm.pt")  # as `python train.py` leaves it
+    sample.main([])
+    result = evaluate.main([])
+    rows = result["rows"]
+    assert list(rows) == ["rpfm", "baseline: copy source", "baseline: mean train image"]
+    n_test_pairs = len(evaluate.PairDataset(tiny_root, "test", 64, verbose=False))
+    assert [row["n_images"] for row in rows.values()] == [n_test_pairs] * 3  # the same pairs in every row
+    assert result["size"] == [64, 44]  # the photos' own size
+    copy, mean = rows["baseline: copy source"], rows["baseline: mean train image"]
+    assert mean["sharpness"] < copy["sharpness"]  # the average person is the blurry one
+    assert (tmp_path / "runs" / "evaluate.json").is_file()
+
+
+def test_explicit_baselines_are_scored_on_the_generated_pairs(tiny_root, tmp_path, monkeypatch):
+    _quiet_metrics(monkeypatch, tmp_path)
+    dataset = evaluate.PairDataset(tiny_root, "test", 64, verbose=False)
+    (tmp_path / "gen").mkdir()
+    for s, t in dataset.pairs[2:5]:  # "generated" = the ground truth: 3 of the split's 20 pairs
+        shutil.copy(dataset.image_path(t), tmp_path / "gen" / f"{Path(s).stem}___{Path(t).stem}.png")
+    result = evaluate.main(["--generated", str(tmp_path / "gen"), "--real", str(tiny_root / "test_highres"),
+                            "--baselines", "--data", str(tiny_root), "--size", "64x44",
+                            "--out", str(tmp_path / "m.json")])
+    assert [row["n_images"] for row in result["rows"].values()] == [3, 3, 3]
+    assert result["rows"]["gen"]["sharpness"] == pytest.approx(1.0)
+    (tmp_path / "gen" / "stray.png").write_bytes((tmp_path / "gen" / next(
+        p.name for p in (tmp_path / "gen").iterdir())).read_bytes())
+    with pytest.raises(ValueError, match="name no test pair"):
+        evaluate.pairs_named_by(sorted((tmp_path / "gen").iterdir()), tiny_root, "test")

@@ -1,39 +1,29 @@
 """Tests of sample.py: generation of the test pairs from a tiny checkpoint (named so that
-evaluate.py matches them), the random-init speed benchmark, streaming on a three-frame pose
-file, and one-line errors for bad input.
+evaluate.py matches them, recorded in samples.json), `python sample.py` with no flags, the
+fixed-setting speed benchmark (its rows and counted NFE, never its timings), streaming on a
+three-frame pose file, and one-line errors for bad input.
 
     python -m pytest -q tests/test_sample.py
 """
 import json
+import os
+import shutil
 
 import pytest
 from PIL import Image
 
 import data
 import evaluate
+import pipeline
 import sample
-import train
-
-FAST = ["--image-size", "32", "--batch-size", "4", "--num-workers", "0", "--vae-steps", "2",
-        "--fusion-steps", "2", "--steps", "2", "--grid-steps", "2", "--warmup", "1"]
-
-
-@pytest.fixture(scope="module")
-def ckpts(tiny_root, tmp_path_factory):
-    """Tiny fpdm and rpfm checkpoints sharing one VAE (two steps each: only plumbing is tested)."""
-    out = tmp_path_factory.mktemp("ckpts")
-    for method in ("fpdm", "rpfm"):
-        train.run(train.parse_config(["--method", method, "--data", str(tiny_root),
-                                      "--out", str(out), *FAST]))
-    return out
 
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("method, nfe", [("fpdm", 4 * 3), ("rpfm", 4 * 2)])
-def test_generates_test_pairs_that_evaluate_matches(ckpts, tiny_root, tmp_path, capsys, method, nfe):
+@pytest.mark.parametrize("method", ["fpdm", "rpfm"])
+def test_generates_test_pairs_that_evaluate_matches(ckpts, tiny_root, tmp_path, capsys, method):
     out = tmp_path / method
     sample.main(["--ckpt", str(ckpts / f"{method}.pt"), "--data", str(tiny_root), "--out", str(out),
                  "--limit", "5", "--batch-size", "2", "--steps", "4", "--warmup", "1"])
@@ -41,22 +31,64 @@ def test_generates_test_pairs_that_evaluate_matches(ckpts, tiny_root, tmp_path, 
     assert len(files) == 5 and (tmp_path / f"{method}_grid.png").is_file()
     real = tiny_root / "test_highres"
     assert Image.open(files[0]).size == Image.open(next(real.iterdir())).size  # 44 x 64, as the photos
-    matched = evaluate.match_files(out, real)
-    assert len(matched) == 5
+    assert len(evaluate.match_files(out, real)) == 5
+    record = json.loads((out / pipeline.SAMPLE_RECORD).read_text())
+    assert record["count"] == 5 and sorted(f for _, _, f in record["pairs"]) == [f.name for f in files]
     row = json_lines(capsys.readouterr().out)[-1]
-    assert row["method"] == method and row["nfe"] == nfe  # 4 steps x guidance branches
-    assert {"ms_per_image", "images_per_s", "device"} <= set(row)
+    # the release guidance w_src = w_fus = 2 is plain CFG: 2 branches for both methods
+    assert row["method"] == method and row["steps"] == 4 and row["nfe"] == 4 * 2
+    assert row["w_src"] == row["w_fus"] == 2.0
+    assert {"ms_per_image", "images_per_s", "device", "batch", "sampler"} <= set(row)
 
 
-def test_benchmark_times_both_methods_without_a_checkpoint(capsys):
-    sample.main(["--benchmark", "--preset", "tiny", "--batch-size", "1", "--repeats", "1",
-                 "--warmup", "1", "--steps", "2"])
+def place_run(ckpts, runs, *methods):
+    """Copy checkpoints into runs/tiny/ as train.py leaves them, oldest first."""
+    (runs / "tiny").mkdir(parents=True, exist_ok=True)
+    for age, method in enumerate(reversed(methods)):
+        target = runs / "tiny" / f"{method}.pt"
+        shutil.copy(ckpts / f"{method}.pt", target)
+        os.utime(target, (1e9 - age * 100, 1e9 - age * 100))  # methods[-1] is the newest
+
+
+def test_no_flags_samples_the_newest_finished_checkpoint_at_its_defaults(ckpts, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.chdir(tmp_path)
+    place_run(ckpts, tmp_path / "runs", "fpdm", "rpfm")
+    sample.main([])
     out = capsys.readouterr().out
-    rows = json_lines(out)
-    fpdm, rpfm = rows[0], rows[1]
-    assert fpdm["method"] == "fpdm" and rpfm["method"] == "rpfm"
-    assert fpdm["nfe"] == 2 * 3 and rpfm["nfe"] == 2 * 2  # three guidance branches vs two
-    assert "faster than FPDM" in out and "speedup_rpfm_over_fpdm" in rows[2]
+    assert out.splitlines()[0].startswith(f"sample.py: using {os.path.join('runs', 'tiny', 'rpfm.pt')}")
+    row = json_lines(out)[-1]
+    assert (row["method"], row["sampler"], row["steps"], row["nfe"]) == ("rpfm", "euler", 10, 20)
+    assert (tmp_path / "runs" / "samples" / "rpfm" / pipeline.SAMPLE_RECORD).is_file()
+    assert (tmp_path / "runs" / "samples" / "rpfm_grid.png").is_file()
+
+
+def test_fpdm_defaults_are_its_release_ddpm_20_steps_two_branches(ckpts, tiny_root, tmp_path, capsys):
+    sample.main(["--ckpt", str(ckpts / "fpdm.pt"), "--out", str(tmp_path / "f"), "--limit", "1",
+                 "--warmup", "0", "--precision", "bf16"])  # CPU bf16 autocast stands in for CUDA's
+    row = json_lines(capsys.readouterr().out)[-1]
+    got = (row["sampler"], row["steps"], row["w_src"], row["w_fus"], row["nfe"])
+    assert got == ("ddpm", 20, 2.0, 2.0, 40)
+
+
+def test_no_checkpoint_says_to_train_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expect_one_line_error([], "python train.py --method rpfm")
+
+
+def test_benchmark_rows_fpdm_release_first_and_equal_nfe_pair(capsys):
+    sample.main(["--benchmark", "--preset", "tiny", "--batch-size", "1", "--repeats", "1", "--warmup", "0"])
+    lines = json_lines(capsys.readouterr().out)
+    rows, summary = lines[:-1], lines[-1]
+    got = [(r["method"], r["sampler"], r["steps"], r["nfe"], r["w_src"], r["w_fus"]) for r in rows]
+    assert got == [("fpdm", "ddpm", 20, 40, 2.0, 2.0),   # FPDM's release, first
+                   ("fpdm", "ddim", 50, 100, 2.0, 2.0),  # CFLD-style DDIM 50
+                   ("fpdm", "ddim", 10, 20, 2.0, 2.0),   # equal NFE ...
+                   ("rpfm", "euler", 10, 20, 2.0, 2.0)]  # ... to RPFM's default
+    assert all({"ms_per_image", "images_per_s", "batch", "device"} <= set(r) for r in rows)
+    assert len({(r["batch"], r["image_size"], r["device"]) for r in rows}) == 1  # one setting for all
+    assert summary["reference"] == "RPFM default"
+    assert set(summary["time_ratio"]) == {r["label"] for r in rows[:-1]}  # ratios within this one run
 
 
 def write_pose_csv(path, rows):
@@ -74,6 +106,7 @@ def test_streaming_three_frames_to_a_gif(ckpts, tiny_root, tmp_path, capsys):
     assert gif.n_frames == 3
     row = json_lines(capsys.readouterr().out)[-1]
     assert row["mode"] == "stream" and row["frames"] == 3 and row["frames_per_s"] > 0
+    assert row["nfe"] == 2 * 2
 
 
 def expect_one_line_error(argv, expected):
@@ -89,6 +122,11 @@ def test_bad_inputs(ckpts, tmp_path):
     expect_one_line_error(["--ckpt", str(tmp_path / "junk.pt")], "corrupt")
     expect_one_line_error(["--ckpt", str(tmp_path / "none.pt")], "does not exist")
     expect_one_line_error(["--benchmark", "--preset", "huge"], "invalid choice: 'huge'")
+    expect_one_line_error(["--benchmark", "--steps", "4"], "drop --steps")
+    expect_one_line_error(["--ckpt", str(ckpts / "fpdm.pt"), "--solver", "heun"], "takes --sampler")
+    expect_one_line_error(["--ckpt", str(ckpts / "rpfm.pt"), "--solver", "ddim"],
+                          "not a flow-matching solver")
+    expect_one_line_error(["--precision", "fp16"], "invalid choice: 'fp16'")
     short = write_pose_csv(tmp_path / "short.csv", [[1.0] * 36, [1.0] * 35])
     source = tmp_path / "src.png"
     Image.new("RGB", (44, 64)).save(source)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import sample
+import pipeline
 import train
 import unet as unet_lib
 
@@ -83,7 +83,7 @@ def test_losses_are_finite_and_training_moves_weights(fpdm_run, tiny_root):
 
 
 def test_checkpoint_round_trip_gives_the_same_model(fpdm_run):
-    gen = sample.from_checkpoint(str(fpdm_run / "fpdm.pt"), use_ema=True, device=torch.device("cpu"))
+    gen = pipeline.Generator.from_checkpoint(str(fpdm_run / "fpdm.pt"), use_ema=True, device="cpu")
     ckpt = train.load_checkpoint(fpdm_run / "fpdm.pt")
     again = unet_lib.UNet(ckpt["config"]["model"])
     again.load_state_dict(ckpt["ema"])
@@ -195,3 +195,32 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         train.save_checkpoint(target, {"method": "vae", "step": 2})
     assert train.load_checkpoint(target)["step"] == 1  # the old file is intact
+
+
+@pytest.mark.parametrize("method", ["vae", "fusion", "fpdm", "rpfm"])
+def test_one_training_step_of_each_method_under_cpu_bf16_autocast(method, tiny_root, tmp_path):
+    """CPU bf16 autocast exercises the casts CUDA autocast does (no GPU has run this code)."""
+    model = run_train(tiny_root, tmp_path, "--method", method, "--precision", "bf16",
+                      "--steps", "1", "--vae-steps", "1", "--fusion-steps", "1", "--sample-every", "1",
+                      "--ckpt-every", "1")
+    ckpt = train.load_checkpoint(tmp_path / f"{method}.pt", method)
+    assert ckpt["step"] == 1 and ckpt["config"]["train"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert model is not None
+
+
+def test_latents_reach_the_process_in_float32_under_autocast(tiny_root, tmp_path, monkeypatch):
+    """train.py hands the processes float32 latents even when the VAE runs in bf16."""
+    import diffusion
+    seen = []
+    original = diffusion.Diffusion.loss
+
+    def spy(self, model, x0, cond, generator=None):
+        seen.append(x0.dtype)
+        return original(self, model, x0, cond, generator)
+
+    monkeypatch.setattr(diffusion.Diffusion, "loss", spy)
+    run_train(tiny_root, tmp_path, "--method", "fpdm", "--precision", "bf16", "--steps", "1",
+              "--vae-steps", "1", "--fusion-steps", "1", "--sample-every", "1", "--ckpt-every", "1")
+    assert seen == [torch.float32]
