@@ -19,6 +19,40 @@ sides, and a small L1 term (weight 1e-4) between source and fused embeddings. FP
 trains an optional patch-level attention branch; it is left out here (only the global
 embedding reaches stage 2).
 
+The parts:
+  - Encoder: open_clip's own vision tower (`_build_vision_tower`, what open_clip's CLIP uses), so
+    a named architecture (ViT-L-14) and its pretrained tag (openai) load as in open_clip. Photos in
+    [-1, 1] and pose maps in [0, 1] are mapped to [0, 1], resized to the encoder's size and
+    normalised with CLIP's mean and std; only the first 3 pose channels (the RGB skeleton) are
+    used. `freeze_encoder=True` freezes it.
+  - Combiner (CLIP4Cir): image and pose projections (ReLU, dropout 0.5), their concatenation
+    through a combiner layer, a dynamic scalar lambda = sigmoid(MLP) in (0, 1), and the output
+    normalize(W_out h + lambda pose + (1 - lambda) image). At 768 everywhere: 4,133,377 parameters.
+  - Losses: `info_nce(fused, target)`: logits cos(t_i, f_j) / tau, labels on the diagonal.
+    `source_enhanced_info_nce(fused, target, source)`: queries [t; s], keys [f; s], a 2B x 2B
+    logit matrix, so a person's own source photo is a hard negative and the fusion must carry the
+    pose change instead of copying the source. The config field `source_enhanced` (default True)
+    chooses between them at every `loss` call (`python train.py --fusion-loss baseline`).
+  - Retrieval (the paper's Table 2): for every test pair, rank its true target among all distinct
+    test targets by cosine similarity; R@1, R@3, R@5 (fractions) and the average rank (1 is
+    perfect). The "source alone" row ranks by the source embedding (the paper's A1 row).
+
+    model = FusionModel("tiny")              # or "vit_l14", a FusionConfig, or a dict of its fields
+    loss, parts = model.loss(batch)          # a PairDataset batch; parts: nce, l1, lambda, acc
+    f = model.embed(source, target_pose)     # (B, D), unit norm: stage 2's condition
+    table = evaluate_retrieval(model, test_loader)   # {"source alone": {...}, "fused": {...}}
+    model = FusionModel(saved_config, load_pretrained=False)   # from a checkpoint, no download
+
+  preset   encoder                                         input               D    encoder      Combiner
+  tiny     random-init ViT, width 128, 4 layers, patch 8   32 px (16 tokens)   128      836,864    361,857
+  vit_l14  CLIP ViT-L/14, pretrained "openai", QuickGELU   224 px              768  303,966,208  4,133,377
+
+Weights: nothing downloads unless asked; `tiny` is random init. `vit_l14` asks open_clip for the
+openai weights (its Hugging Face cache, or a download). Offline, download the Hugging Face repo
+timm/vit_large_patch14_clip_224.openai (file open_clip_pytorch_model.bin) once and pass its local
+path as `pretrained` (`python train.py --fusion-pretrained PATH`). A bad tag or path, or a failed
+download, raises one FileNotFoundError line that says what to do.
+
 Papers:
   - FPDM: Lee et al., "Fusion Embedding for Pose-Guided Person Image Synthesis with
     Diffusion Model", arXiv:2412.07333.

@@ -21,6 +21,28 @@ halves. The "sd" preset has exactly SD's shape, and `load_diffusers_vae(path)` l
 Stable Diffusion VAE weights saved by diffusers (config.json + diffusion_pytorch_model.safetensors)
 into it; our module names are our own, and `diffusers_name` spells out the mapping.
 
+Presets (`sd`'s parameter count equals diffusers' for SD's config; a test checks it):
+
+    preset  block_out_channels  layers/level     groups  f  latent                        parameters
+    tiny    16, 32, 32          1 (decoder 2)    4       4  32 px -> 8x8x4 (main job)         242,327
+                                                            64 px -> 16x16x4
+    small   64, 128, 256        2 (decoder 3)    16      4  128 px -> 32x32x4              13,859,495
+    sd      128, 256, 512, 512  2 (decoder 3)    32      8  256 px -> 32x32x4              83,653,863
+
+Use:
+    model = VAE("tiny")                      # or a VAEConfig, or a dict of its fields
+    mean, logvar = model.encode(images)      # (B, 3, H, W) in [-1, 1] -> (B, 4, h, w) each
+    total, parts = model.loss(images)        # L1 + 1e-6 KL per pixel value; parts: recon, kl
+    model.measure_scaling_factor(latents)    # scaling_factor = 1 / std, a buffer in the state dict
+    z = model.encode_latents(images)         # what the processes see; decode_latents undoes the scale
+    sd = load_diffusers_vae("path/to/sd-vae-ft-mse")   # or a pipeline folder with vae/ inside
+
+Weights (nothing downloads): pass a diffusers AutoencoderKL folder, e.g. stabilityai/sd-vae-ft-mse
+saved locally, to `load_diffusers_vae` or to `python train.py --vae-ckpt DIR`. It holds config.json
+and diffusion_pytorch_model.safetensors (or .bin). diffusers itself is not a dependency. A missing
+folder or file raises a one-line FileNotFoundError. A file that does not match its config raises a
+ValueError that names the keys.
+
 Run / test:
     python vae.py --preset tiny --image-size 64 --batch-size 16   # sizes, parameters, ms per step
     python vae.py --diffusers PATH/TO/sd-vae                       # load and describe real weights
