@@ -73,6 +73,8 @@ import shutil
 import sys
 import tempfile
 import time
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -787,6 +789,154 @@ def ensure_benchmark(size=(256, 176), root="runs", *, seed=0, max_items=None) ->
     return target
 
 
+# ----------------------------------------------------------------------------- terminal conventions
+
+def parse_size(text: str, flag: str = "--size") -> tuple:
+    """'256x176' -> (256, 176), height x width: the one size syntax of every script's flags."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
+    h, w = (int(g) for g in match.groups()) if match else (0, 0)
+    if h == 0 or w == 0:
+        raise ValueError(f"{flag} {text!r}: expected HxW such as 256x176")
+    return h, w
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for every script of the project: a bad flag is one line `error: ...`, exit status 1.
+
+    note: plain argparse prints its whole usage first; the line that says what is wrong is
+    easier to see alone (the usage is one `--help` away).
+    """
+
+    def error(self, message):
+        usage_error(message)
+
+
+def usage_error(message: str):
+    """Stop a command line with the one line `error: MESSAGE` (exit status 1, as a bad flag):
+    for what the parser cannot check alone, e.g. that exactly one task flag was given."""
+    sys.exit(f"error: {message}")
+
+
+def option(default, help: str, **extra):
+    """A dataclass field that carries its --help text (and choices) for `config_parser`."""
+    return dataclasses.field(default=default, metadata=dict(help=help, **extra))
+
+
+def config_parser(config_cls, description: str, presets: dict | None = None) -> OneLineParser:
+    """One --flag per field of a script's @dataclass config; bools get --flag / --no-flag.
+
+    note: every default stays None in the parser, so the caller sees which flags were given
+    (a preset, or a process's own default, can then fill the rest).
+    """
+    parser = OneLineParser(description=description)
+    defaults = config_cls()
+    for f in dataclasses.fields(config_cls):
+        meta = dict(f.metadata)
+        default = getattr(defaults, f.name)
+        help_text = meta.pop("help", "") + ("" if default is None else f" (default: {default!r})")
+        if f.name == "preset" and presets is not None:
+            meta["choices"] = list(presets)
+        flag = "--" + f.name.replace("_", "-")
+        kind = _type_name(f.type)
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=None,
+                                help=help_text, **meta)
+    return parser
+
+
+def _type_name(annotation) -> str:
+    """A field's type as a name: int, Optional[int] and int | None -> "int".
+
+    note: under `from __future__ import annotations` the annotation is a string; without it, a
+    class or a typing object (Optional[int] has no useful __name__), so both are handled.
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if not isinstance(annotation, str):
+        annotation = getattr(annotation, "__name__", str(annotation))
+    return annotation.replace("Optional[", "").split("|")[0].strip(" ]")
+
+
+def parse_config(config_cls, argv=None, description: str = "", presets: dict | None = None):
+    """(config, names of the flags given): the dataclass defaults, replaced by the given flags."""
+    args = config_parser(config_cls, description, presets).parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return dataclasses.replace(config_cls(), **given), set(given)
+
+
+def resolve_config(spec, config_cls, presets: dict, what: str):
+    """A preset name, a `config_cls` instance or a dict of its fields -> a `config_cls`.
+
+    The one resolver behind vae.as_vae_config, unet.make_config and fusion.fusion_config (a
+    network is built from a preset name on the command line and from a dict in a checkpoint).
+    A preset comes back as a copy, so the caller may edit it; an instance comes back as it is.
+    `what` names the network in the one-line ValueError ("VAE", "UNet", "fusion").
+    """
+    if isinstance(spec, config_cls):
+        return spec
+    if isinstance(spec, str):
+        if spec not in presets:
+            raise ValueError(f"unknown {what} preset {spec!r}; choices: {', '.join(presets)}")
+        return dataclasses.replace(presets[spec])
+    if isinstance(spec, dict):
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ValueError(f"{what} config: unknown fields {unknown}; expected some of {sorted(known)}")
+        return config_cls(**spec)
+    raise ValueError(f"{what} config: expected a preset name, {config_cls.__name__} or dict, "
+                     f"got {type(spec).__name__}")
+
+
+class _LogLines(tqdm):
+    """tqdm for a file or CI log: whole lines (no carriage-return frames), the bar left out.
+
+    A line is written when `miniters` more steps are done and `mininterval` seconds have passed
+    (or the total is reached, or the bar closes); tqdm's other redraws (set_postfix, the redraw
+    after tqdm.write) say nothing new and write nothing.
+    """
+
+    def display(self, msg=None, pos=None, final=False):
+        shown, now = getattr(self, "_shown", (None, 0.0)), time.monotonic()
+        due = shown[0] is None or (self.n - shown[0] >= self.miniters and now - shown[1] >= self.mininterval)
+        if msg is not None or self.n == shown[0] or not (due or final or self.n == self.total):
+            return False
+        self._shown = (self.n, now)
+        self.fp.write(self.__str__() + "\n")
+        self.fp.flush()
+        return True
+
+    def clear(self, nolock=False):
+        pass  # a written line stays: there is nothing to erase in a log
+
+    def close(self):
+        if not self.disable:
+            self.display(final=True)  # the final count, unless that line is already out
+        super().close()
+
+
+def progress(iterable=None, **tqdm_kwargs) -> tqdm:
+    """A tqdm bar on a terminal; in a file or CI log, plain lines: about one per 10 % of `total`.
+
+    note: tqdm redraws its bar with carriage returns many times a second; a log that is not a
+    terminal keeps every frame (or shows each as a line), so a one-minute loop floods it.
+    Without a known total, one line every 30 s.
+    """
+    out = tqdm_kwargs.get("file") or sys.stderr
+    if getattr(out, "isatty", lambda: False)():
+        return tqdm(iterable, **tqdm_kwargs)
+    total = tqdm_kwargs.pop("total", None)
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    tqdm_kwargs.update(total=total, leave=False, dynamic_ncols=False,  # leave: close() prints the last line
+                       miniters=max(1, total // 10) if total else 1, mininterval=0.0 if total else 30.0,
+                       maxinterval=float("inf"),  # note: else tqdm's monitor thread resets miniters to 1
+                       bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    return _LogLines(iterable, **tqdm_kwargs)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def check(root) -> int:
@@ -847,152 +997,61 @@ def bench(root, split="train", image_size=256, batch_size=32, workers=2, batches
     return per_batch
 
 
-def parse_size(text: str, flag: str = "--size") -> tuple:
-    """'256x176' -> (256, 176), height x width: the one size syntax of every script's flags."""
-    match = re.fullmatch(r"(\d+)x(\d+)", text.strip().lower())
-    h, w = (int(g) for g in match.groups()) if match else (0, 0)
-    if h == 0 or w == 0:
-        raise ValueError(f"{flag} {text!r}: expected HxW such as 256x176")
-    return h, w
+
+@dataclass
+class DataCommand:
+    """The flags of `python data.py`: one task (`TASKS`: what to do, and to which folder), then
+    the settings of that task."""
+
+    synthesize: str | None = option(None, "task: draw the built-in benchmark into OUT", metavar="OUT")
+    check: str | None = option(None, "task: layout, counts and missing files of a data folder", metavar="ROOT")
+    preview: str | None = option(None, "task: write a PNG grid of pairs with their pose maps", metavar="ROOT")
+    bench: str | None = option(None, "task: time the loader", metavar="ROOT")
+    size: str = option("256x176", "benchmark image size HxW")
+    seed: int = option(0, "benchmark seed")
+    annotations: str | None = option(None, "keypoint CSV (either convention) to draw instead of the bundled one")
+    max_items: int | None = option(None, "draw only this many clothing items")
+    out: str = option("runs/preview.png", "PNG path for --preview")
+    split: str | None = option(None, "split for --preview (test) / --bench (train)", choices=SPLITS)
+    count: int = option(6, "pairs in the --preview grid")
+    image_size: int = option(256, "square training size of --preview / --bench")
+    batch_size: int = option(32, "--bench batch size")
+    workers: int = option(2, "--bench loader workers")
+    batches: int = option(20, "--bench timed batches")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse for every script of the project: a bad flag is one line `error: ...`, exit 2.
-
-    note: plain argparse prints its whole usage first; the line that says what is wrong is
-    easier to see alone (the usage is one `--help` away).
-    """
-
-    def error(self, message):
-        sys.exit(f"error: {message}")
+TASKS = ("synthesize", "check", "preview", "bench")  # exactly one is given
 
 
-# ----------------------------------------------------------------------------- terminal conventions
-
-def option(default, help: str, **extra):
-    """A dataclass field that carries its --help text (and choices) for `config_parser`."""
-    return dataclasses.field(default=default, metadata=dict(help=help, **extra))
-
-
-def config_parser(config_cls, description: str, presets: dict | None = None) -> OneLineParser:
-    """One --flag per field of a script's @dataclass config; bools get --flag / --no-flag.
-
-    note: every default stays None in the parser, so the caller sees which flags were given
-    (a preset, or a process's own default, can then fill the rest).
-    """
-    parser = OneLineParser(description=description)
-    defaults = config_cls()
-    for f in dataclasses.fields(config_cls):
-        meta = dict(f.metadata)
-        default = getattr(defaults, f.name)
-        help_text = meta.pop("help", "") + ("" if default is None else f" (default: {default!r})")
-        if f.name == "preset" and presets is not None:
-            meta["choices"] = list(presets)
-        kind = f.type if isinstance(f.type, str) else f.type.__name__  # a string under __future__
-        kind = kind.replace("Optional[", "").split("|")[0].strip(" ]")  # Optional[int], int | None -> int
-        flag = "--" + f.name.replace("_", "-")
-        if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=None,
-                                help=help_text, **meta)
-    return parser
+def parse_command(argv=None) -> DataCommand:
+    """The flags, with exactly one task among them (else a one-line error)."""
+    cfg, given = parse_config(DataCommand, argv, "DeepFashion pairs, pose maps and the built-in benchmark.")
+    tasks = ["--" + t for t in TASKS if t in given]
+    if len(tasks) != 1:
+        usage_error(f"give exactly one of --synthesize --check --preview --bench, got {len(tasks)}"
+                    + (f" ({' '.join(tasks)})" if tasks else ""))
+    return cfg
 
 
-def parse_config(config_cls, argv=None, description: str = "", presets: dict | None = None):
-    """(config, names of the flags given): the dataclass defaults, replaced by the given flags."""
-    args = config_parser(config_cls, description, presets).parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    return dataclasses.replace(config_cls(), **given), set(given)
-
-
-class _LogLines(tqdm):
-    """tqdm for a file or CI log: whole lines (no carriage-return frames), the bar left out.
-
-    A line is written when `miniters` more steps are done and `mininterval` seconds have passed
-    (or the total is reached, or the bar closes); tqdm's other redraws (set_postfix, the redraw
-    after tqdm.write) say nothing new and write nothing.
-    """
-
-    def display(self, msg=None, pos=None, final=False):
-        shown, now = getattr(self, "_shown", (None, 0.0)), time.monotonic()
-        due = shown[0] is None or (self.n - shown[0] >= self.miniters and now - shown[1] >= self.mininterval)
-        if msg is not None or self.n == shown[0] or not (due or final or self.n == self.total):
-            return False
-        self._shown = (self.n, now)
-        self.fp.write(self.__str__() + "\n")
-        self.fp.flush()
-        return True
-
-    def clear(self, nolock=False):
-        pass  # a written line stays: there is nothing to erase in a log
-
-    def close(self):
-        if not self.disable:
-            self.display(final=True)  # the final count, unless that line is already out
-        super().close()
-
-
-def progress(iterable=None, **tqdm_kwargs) -> tqdm:
-    """A tqdm bar on a terminal; in a file or CI log, plain lines: about one per 10 % of `total`.
-
-    note: tqdm redraws its bar with carriage returns many times a second; a log that is not a
-    terminal keeps every frame (or shows each as a line), so a one-minute loop floods it.
-    Without a known total, one line every 30 s.
-    """
-    out = tqdm_kwargs.get("file") or sys.stderr
-    if getattr(out, "isatty", lambda: False)():
-        return tqdm(iterable, **tqdm_kwargs)
-    total = tqdm_kwargs.pop("total", None)
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    tqdm_kwargs.update(total=total, leave=False, dynamic_ncols=False,  # leave: close() prints the last line
-                       miniters=max(1, total // 10) if total else 1, mininterval=0.0 if total else 30.0,
-                       maxinterval=float("inf"),  # note: else tqdm's monitor thread resets miniters to 1
-                       bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-    return _LogLines(iterable, **tqdm_kwargs)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description="DeepFashion pairs, pose maps and the built-in benchmark.")
-    task = p.add_mutually_exclusive_group(required=True)
-    task.add_argument("--synthesize", metavar="OUT", help="draw the built-in benchmark into OUT")
-    task.add_argument("--check", metavar="ROOT", help="layout, counts and missing files of a data folder")
-    task.add_argument("--preview", metavar="ROOT", help="write a PNG grid of pairs with their pose maps")
-    task.add_argument("--bench", metavar="ROOT", help="time the loader")
-    p.add_argument("--size", default="256x176", help="benchmark image size HxW")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--annotations", help="keypoint CSV (either convention) to draw instead of the bundled one")
-    p.add_argument("--max-items", type=int, default=None, help="draw only this many clothing items")
-    p.add_argument("--out", default="runs/preview.png", help="PNG path for --preview")
-    p.add_argument("--split", choices=SPLITS, default=None, help="split for --preview (test) / --bench (train)")
-    p.add_argument("--count", type=int, default=6, help="pairs in the --preview grid")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batches", type=int, default=20)
-    return p
-
-
-def _run(args) -> int:
-    if args.synthesize:
-        size = parse_size(args.size)
-        counts = synthesize(args.synthesize, size, args.seed, args.annotations, args.max_items)
-        print(f"data: wrote {args.synthesize}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+def _run(cfg: DataCommand) -> int:
+    if cfg.synthesize:
+        size = parse_size(cfg.size)
+        counts = synthesize(cfg.synthesize, size, cfg.seed, cfg.annotations, cfg.max_items)
+        print(f"data: wrote {cfg.synthesize}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
-    if args.check:
-        return check(args.check)
-    if args.preview:
-        preview(args.preview, args.out, args.split or "test", args.count, args.image_size)
+    if cfg.check:
+        return check(cfg.check)
+    if cfg.preview:
+        preview(cfg.preview, cfg.out, cfg.split or "test", cfg.count, cfg.image_size)
         return 0
-    bench(args.bench, args.split or "train", args.image_size, args.batch_size, args.workers, args.batches)
+    bench(cfg.bench, cfg.split or "train", cfg.image_size, cfg.batch_size, cfg.workers, cfg.batches)
     return 0
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    cfg = parse_command(argv)
     try:
-        code = _run(args)
+        code = _run(cfg)
     except (ValueError, FileNotFoundError, OSError) as err:  # DataError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

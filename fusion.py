@@ -80,6 +80,8 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
+from data import resolve_config  # data.py imports no network file (no circle)
+
 
 # --------------------------------------------------------------------------- config
 
@@ -124,19 +126,7 @@ FUSION_PRESETS = {
 
 def fusion_config(spec: Union[str, FusionConfig, dict]) -> FusionConfig:
     """A preset name, a FusionConfig or a dict of its fields -> FusionConfig."""
-    if isinstance(spec, FusionConfig):
-        return spec
-    if isinstance(spec, str):
-        if spec not in FUSION_PRESETS:
-            raise ValueError(f"unknown fusion preset {spec!r}; choices: {sorted(FUSION_PRESETS)}")
-        return dataclasses.replace(FUSION_PRESETS[spec])
-    if isinstance(spec, dict):
-        names = {f.name for f in dataclasses.fields(FusionConfig)}
-        unknown = sorted(set(spec) - names)
-        if unknown:
-            raise ValueError(f"unknown FusionConfig field(s) {unknown}; expected some of {sorted(names)}")
-        return FusionConfig(**spec)
-    raise ValueError(f"fusion config must be a preset name, FusionConfig or dict, got {type(spec).__name__}")
+    return resolve_config(spec, FusionConfig, FUSION_PRESETS, "fusion")
 
 
 # --------------------------------------------------------------------------- encoder

@@ -176,15 +176,15 @@ class RowCounter:
 
 def nfe_cli(nfe_table_fn, default_steps: int, description: str, argv=None) -> None:
     """The command line of both process files: their NFE table, each figure checked by counting calls."""
-    from data import OneLineParser  # the project's one-line-error CLI convention (only when run)
-    parser = OneLineParser(description=description)
-    parser.add_argument("--steps", type=int, default=default_steps,
-                        help=f"sampling steps (default: {default_steps}, the file's default)")
-    args = parser.parse_args(argv)
+    import dataclasses
+    from data import option, parse_config, usage_error  # the project's CLI convention (only when run)
+    # the config is made here because its default is the calling file's number of steps
+    config_cls = dataclasses.make_dataclass("NFECommand", [("steps", int, option(default_steps, "sampling steps"))])
+    cfg, _ = parse_config(config_cls, argv, description)
     try:
-        table = nfe_table_fn(args.steps)
+        table = nfe_table_fn(cfg.steps)
     except ValueError as error:
-        parser.error(str(error))
+        usage_error(str(error))
     print("| setting | NFE per image (nfe()) | counted | forward calls |")
     print("| --- | --- | --- | --- |")
     for label, predicted, counted, calls in table:

@@ -31,10 +31,6 @@ Shape letters: B batch, P pose channels, H W image size, h w latent size, N sour
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see the note in train.py
-
 import csv
 import dataclasses
 import json

@@ -60,17 +60,19 @@ and pose map (square), P pose channels, h w latent height and width, N source to
 D context (token) width, F fusion width, E embedding width (4 x model_channels).
 """
 
-import argparse
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from data import option, parse_config, resolve_config  # data.py imports no network file (no circle)
+from vae import Upsample  # the same block as the VAE's; vae.py imports nothing of unet.py
 
 
 # ----------------------------------------------------------------------------- config
@@ -155,19 +157,7 @@ PRESETS = {
 
 def make_config(config) -> UNetConfig:
     """A preset name, a UNetConfig, or a dict of its fields (e.g. from a checkpoint) -> UNetConfig."""
-    if isinstance(config, UNetConfig):
-        return config
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown UNet preset {config!r}; choices: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[config])  # a copy, so callers may edit it
-    if isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(UNetConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"UNet config has unknown fields {unknown}; expected some of {sorted(known)}")
-        return UNetConfig(**config)
-    raise ValueError(f"UNet config must be a preset name, UNetConfig or dict, got {type(config).__name__}")
+    return resolve_config(config, UNetConfig, PRESETS, "UNet")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -316,7 +306,12 @@ class Level(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv; takes (and ignores) emb and context so the down path is one loop."""
+    """Stride-2 3x3 conv; takes (and ignores) emb and context so the down path is one loop.
+
+    note: not vae.Downsample (unlike Upsample, which is shared): this one pads symmetrically
+    (padding=1), as SD's UNet does; the VAE's pads one row and column on the bottom and right only,
+    because SD's VAE weights were trained that way. Either change would alter saved checkpoints.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -324,17 +319,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.conv(x)  # (B, C, h/2, w/2)
-
-
-class Upsample(nn.Module):
-    """Nearest 2x then a 3x3 conv (no transposed conv, which leaves checkerboard artefacts)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2h, 2w)
 
 
 # ----------------------------------------------------------------------------- condition encoders
@@ -634,23 +618,27 @@ def time_training_step(preset: str, batch_size: int = 16, repeats: int = 5) -> t
     return best_wall, best_cpu, counter.get_total_flops() / 1e9
 
 
-def main():
-    from data import OneLineParser  # the project's CLI convention (here only, not at import)
-    parser = OneLineParser(description="UNet parameter counts; --time PRESET times a training step")
-    parser.add_argument("--time", choices=list(PRESETS), help="time a CPU training step of this preset")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+@dataclass
+class UNetCommand:
+    """The flags of `python unet.py`: the presets' parameter counts, and optionally a timed step."""
+
+    time: Optional[str] = option(None, "time a CPU training step of this preset", choices=list(PRESETS))
+    batch_size: int = option(16, "images per timed training step")
+    threads: int = option(0, "torch threads (0: torch's default)")
+
+
+def main(argv=None):
+    cfg, _ = parse_config(UNetCommand, argv, "UNet parameter counts; --time PRESET times a training step")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     for preset in PRESETS:
         with torch.device("meta"):  # counts without allocating (base is ~1 B parameters)
             model = UNet(preset)
         total, source = count_parameters(model), count_parameters(model.source_encoder)
         print(f"{preset:5s} {total:>11,d} parameters ({total - source:>11,d} UNet + {source:>10,d} source encoder)")
-    if args.time:
-        wall, cpu, gflop = time_training_step(args.time, args.batch_size)
-        print(f"{args.time}: training step, batch {args.batch_size}, {gflop:.1f} GFLOP, {torch.get_num_threads()} "
+    if cfg.time:
+        wall, cpu, gflop = time_training_step(cfg.time, cfg.batch_size)
+        print(f"{cfg.time}: training step, batch {cfg.batch_size}, {gflop:.1f} GFLOP, {torch.get_num_threads()} "
               f"threads: {wall:.3f} s wall, {cpu:.3f} s process CPU (fastest of 5)")
 
 

@@ -55,7 +55,6 @@ Shape letters: B batch, C channels, H W image height and width, h w latent heigh
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -68,6 +67,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
+from data import option, parse_config, resolve_config  # data.py imports no network file (no circle)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,20 +130,12 @@ VAE_PRESETS = {
 
 
 def as_vae_config(config) -> VAEConfig:
-    """A preset name, a VAEConfig, or a dict of VAEConfig fields -> a VAEConfig (a fresh copy)."""
-    if isinstance(config, VAEConfig):
-        return dataclasses.replace(config)
-    if isinstance(config, str):
-        if config not in VAE_PRESETS:
-            raise ValueError(f"unknown VAE preset {config!r}; choices: {sorted(VAE_PRESETS)}")
-        return dataclasses.replace(VAE_PRESETS[config])
-    if isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(VAEConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"VAE config: unknown fields {unknown}; known fields: {sorted(known)}")
-        return VAEConfig(**config)
-    raise ValueError(f"VAE config: expected a preset name, VAEConfig or dict, got {type(config).__name__}")
+    """A preset name, a VAEConfig, or a dict of VAEConfig fields -> a VAEConfig (a fresh copy).
+
+    note: always a copy, even of a VAEConfig, because `measure_scaling_factor` writes into the
+    model's config: two models built from one config object must not share that value.
+    """
+    return dataclasses.replace(resolve_config(config, VAEConfig, VAE_PRESETS, "VAE"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,6 +202,8 @@ class Downsample(nn.Module):
     note: the asymmetric (0, 1, 0, 1) pad with no conv padding is what the original LDM code
     (and so diffusers' Downsample2D with padding=0) does; a symmetric padding=1 gives the same
     output size but shifts the sampling grid by one pixel, so SD's weights would see other inputs.
+    So unet.py keeps its own Downsample: symmetric padding=1, as SD's UNet has, and it takes the
+    UNet's emb and context; changing either would change what saved checkpoints compute.
     """
 
     def __init__(self, channels: int):
@@ -221,7 +216,11 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling, then a 3x3 conv (no transposed conv: no checkerboard)."""
+    """Nearest-neighbour 2x upsampling, then a 3x3 conv (no transposed conv: no checkerboard).
+
+    The UNet's up path uses this same class (unet.py imports it); the conv is called `conv` in
+    both state dicts, and `diffusers_name` maps it to SD's `upsamplers.0.conv`.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -611,34 +610,38 @@ def time_training_step(model: VAE, image_size: int, batch_size: int, steps: int 
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+@dataclass
+class VAECommand:
+    """The flags of `python vae.py`: which VAE to describe, and the training step to time."""
+
+    preset: str = option("tiny", "a named size (VAE_PRESETS)")
+    image_size: int = option(64, "square image side in pixels")
+    batch_size: int = option(16, "images per timed training step")
+    steps: int = option(5, "timed training steps (0: no timing)")
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    diffusers: str | None = option(None, "load a diffusers AutoencoderKL folder instead", metavar="PATH")
+
+
 def main(argv=None) -> None:
-    from data import OneLineParser  # the project's CLI convention (here only, not at import)
-    parser = OneLineParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(VAE_PRESETS), default="tiny")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps (0: no timing)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--diffusers", metavar="PATH", help="load a diffusers AutoencoderKL folder instead")
-    args = parser.parse_args(argv)
-    if args.threads > 0:
+    cfg, _ = parse_config(VAECommand, argv, __doc__.split("\n")[0], VAE_PRESETS)
+    if cfg.threads > 0:
         # note: on a 2-core machine busy with other work, 1 thread can be several times faster
         # than 2 (the two OpenMP threads wait on each other); measure both
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(cfg.threads)
 
     try:
-        model = load_diffusers_vae(args.diffusers) if args.diffusers else VAE(args.preset)
+        model = load_diffusers_vae(cfg.diffusers) if cfg.diffusers else VAE(cfg.preset)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    s, f = args.image_size, model.downsample_factor
-    print(f"{args.diffusers or args.preset}: {count_parameters(model) / 1e6:.2f}M parameters, "
+    s, f = cfg.image_size, model.downsample_factor
+    print(f"{cfg.diffusers or cfg.preset}: {count_parameters(model) / 1e6:.2f}M parameters, "
           f"{s}x{s}x3 -> {s // f}x{s // f}x{model.latent_channels} (f={f}), "
           f"scaling_factor={model.scaling_factor.item():.5f}")
-    if args.steps > 0:
-        ms = time_training_step(model, s, args.batch_size, args.steps)
-        print(f"training step, batch {args.batch_size} at {s}x{s}: {ms:.0f} ms "
-              f"(median of {args.steps}, {torch.get_num_threads()} threads)")
+    if cfg.steps > 0:
+        ms = time_training_step(model, s, cfg.batch_size, cfg.steps)
+        print(f"training step, batch {cfg.batch_size} at {s}x{s}: {ms:.0f} ms "
+              f"(median of {cfg.steps}, {torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

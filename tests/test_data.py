@@ -3,8 +3,10 @@ renderer, flips, the built-in benchmark (determinism, split by item) and each ba
 
     python -m pytest -q tests/test_data.py
 """
+import dataclasses
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -330,3 +332,34 @@ def test_cli_check_and_preview(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         data.main(["--preview", str(tiny_root), "--out", str(tmp_path / "p.png"), "--count", "2"])
     assert exit_.value.code == 0 and Image.open(tmp_path / "p.png").size == (2 + 4 * 178, 14 + 2 + 2 * 258)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "got 0"), (["--check", "a", "--bench", "b"], "got 2 (--check --bench)"), (["--bogus"], "--bogus"),
+])
+def test_cli_needs_exactly_one_task(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        data.main(argv)
+    message = str(exit_.value.code)  # sys.exit("error: ...") prints it and exits 1
+    assert message.startswith("error: ") and expected in message and "\n" not in message
+
+
+def test_cli_flags_come_from_the_dataclass():
+    cfg = data.parse_command(["--synthesize", "out", "--size", "64x44", "--max-items", "3"])
+    assert cfg == data.DataCommand(synthesize="out", size="64x44", max_items=3)
+
+
+def test_resolve_config_presets_instances_and_dicts():
+    @dataclasses.dataclass
+    class Toy:
+        width: int = 8
+    presets = {"small": Toy(4), "large": Toy(16)}
+    preset = data.resolve_config("small", Toy, presets, "toy")
+    assert preset == Toy(4) and preset is not presets["small"]  # a copy: the caller may edit it
+    given = Toy(5)
+    assert data.resolve_config(given, Toy, presets, "toy") is given
+    assert data.resolve_config({"width": 7}, Toy, presets, "toy") == Toy(7)
+    for spec, message in [("huge", "unknown toy preset 'huge'; choices: small, large"),
+                          ({"height": 1}, "toy config: unknown fields ['height']"), (3, "got int")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            data.resolve_config(spec, Toy, presets, "toy")

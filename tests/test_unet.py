@@ -168,6 +168,8 @@ def test_config_round_trip_through_dict_and_json():
         with torch.no_grad():
             assert torch.equal(rebuilt(**inputs), model(**inputs))
     assert isinstance(UNet(UNetConfig()).config, UNetConfig)
+    config = UNetConfig()
+    assert unet.make_config(config) is config  # an instance is used as it is (the VAE copies)
 
 
 def test_config_errors_are_clear():

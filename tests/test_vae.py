@@ -89,7 +89,8 @@ def test_config_round_trip_through_dict_and_json():
     assert rebuilt.config == model.config
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert VAE(model.config).config == model.config
-    with pytest.raises(ValueError, match="unknown VAE preset 'huge'.*sd.*small.*tiny"):
+    assert VAE(model.config).config is not model.config  # a copy: measure_scaling_factor writes it
+    with pytest.raises(ValueError, match="unknown VAE preset 'huge'; choices: tiny, small, sd"):
         VAE("huge")
     with pytest.raises(ValueError, match="unknown fields \\['nonsense'\\]"):
         VAE({**as_dict, "nonsense": 1})
