@@ -28,6 +28,17 @@ whatever dtype the latents arrive in. In bf16 (what a CUDA autocast VAE returns)
 that t = 0 and t = 1 add no noise at all and only ~28 distinct noise levels remain below t = 100:
 the network would be told one t and trained on another.
 
+Why the tiny CPU preset predicts v, not FPDM's eps (train.py --prediction; GPU presets keep eps).
+With eps-prediction the network's x0 is (x_t - sqrt(1 - a) eps_hat) / sqrt(a): at t = 999,
+1 / sqrt(a) = 14.6, so an eps error is amplified 14.6x. The tiny UNet after 1,400 CPU steps has
+an eps error 4x that of the ideal predictor at t = 999 (MSE 0.017), its first x0 misses by 2.0 RMS
+on unit-variance latents, and the sampler never recovers: the latents end with std 1.36 instead of
+0.99 and decode to coloured noise (SSIM 0.23, below copying the source, 0.24), while the same
+network predicts a fair x0 from any single q_sample'd input. v = sqrt(a) eps - sqrt(1 - a) x0 reads
+x0 = sqrt(a) x_t - sqrt(1 - a) v: no amplification, and the same budget draws a person (SSIM 0.36).
+Fusion input, EMA and sampler were ruled out the same way; RESULTS.md has the measurements. On the
+GPU presets (SD's UNet, 100k+ steps) eps works as FPDM shows, so they keep the paper's objective.
+
 This file holds no network code: it drives any callable `model(x_t, t, **cond)` whose `t` is a
 float tensor (B,) in [0, 1000] (here: the integer step as a float).
 
@@ -104,7 +115,10 @@ class Diffusion:
       alpha_bar_0, as DDIMScheduler does with SD's configs.
     joint_drop: probability of dropping every condition of a sample at once (guidance.py says why),
       on top of the independent `drop_probs`.
+    `release`: how FPDM samples unless told otherwise (sample.py, train.py's grids, the sweep).
     """
+    samplers = SAMPLERS
+    release = dict(steps=DEFAULT_STEPS, sampler=DEFAULT_SAMPLER, **DEFAULT_GUIDANCE)
 
     def __init__(self, num_train_steps: int = 1000, schedule: str = "scaled_linear", prediction: str = "eps",
                  offset_noise: float = 0.0, drop_probs: dict | None = None, joint_drop: float = 0.0,
@@ -161,6 +175,23 @@ class Diffusion:
             return (x_t - (1.0 - a).sqrt() * out) / a.sqrt(), out
         x0 = a.sqrt() * x_t - (1.0 - a).sqrt() * out
         return x0, a.sqrt() * out + (1.0 - a).sqrt() * x_t
+
+    def step_at(self, level: float) -> int:
+        """The train step at `level` of the way from clean (0) to the noisiest trained input (1)."""
+        return round(float(level) * (self.num_train_steps - 1))
+
+    @torch.no_grad()
+    def denoise_once(self, model, x0: torch.Tensor, noise: torch.Tensor, level: float, cond: dict | None,
+                     w_src: float = 1.0, w_fus: float = 1.0) -> torch.Tensor:
+        """Noise clean latents to `level` (0 clean, 1 the noisiest step) and predict x0 in ONE model call.
+
+        A diagnostic (evaluate.py --one-step): how good the network is at each noise level, with no
+        sampler in the way. flow_matching.FlowMatching.denoise_once answers the same question.
+        """
+        t = torch.full((x0.shape[0],), self.step_at(level), device=x0.device)  # (B,) integer step
+        x_t = self.q_sample(x0, t, noise)
+        out = guided_output(model, x_t, t.float(), cond, w_src, w_fus)
+        return self.predict_x0_eps(out, x_t, t)[0]
 
     def loss(self, model, x0: torch.Tensor, cond: dict | None, generator: torch.Generator | None = None):
         """DDPM objective. Returns (mean loss, per-sample loss (B,), t / (T - 1) (B,), 0 = least noisy)."""

@@ -75,7 +75,10 @@ class FlowMatching:
     Names: the papers call the noise x0 and the data x1. Here the noise is `noise` and the clean
     latent is `x1`, because diffusion.py's `x0` is clean data: no name means two things.
     joint_drop: probability of dropping every condition of a sample at once (guidance.py says why).
+    `release`: how RPFM samples unless told otherwise (sample.py, train.py's grids, the sweep).
     """
+    samplers = SOLVERS
+    release = dict(steps=DEFAULT_STEPS, sampler=DEFAULT_SOLVER, **DEFAULT_GUIDANCE)
 
     def __init__(self, sigma_min: float = 0.0, time_sampling: str = "logit_normal", drop_probs: dict | None = None,
                  joint_drop: float = 0.0, time_shift: float = 1.0, logit_mean: float = 0.0, logit_std: float = 1.0):
@@ -101,6 +104,25 @@ class FlowMatching:
         """u = x1 - (1 - sigma_min) noise: the path's velocity, constant in t (a straight line)."""
         return x1 - (1.0 - self.sigma_min) * noise
 
+    def predict_x1(self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The data end of the straight line through x_t with this velocity: x1 = (1 - sigma_min) x_t + a v.
+
+        From x_t = a noise + t x1 and v = x1 - (1 - sigma_min) noise, with a = 1 - (1 - sigma_min) t:
+        (1 - sigma_min) x_t + a v = t (1 - sigma_min) x1 + a x1 = x1. With sigma_min = 0: x_t + (1 - t) v.
+        """
+        t = t.view(-1, *([1] * (x_t.dim() - 1)))  # (B, 1, ..., 1)
+        a = 1.0 - (1.0 - self.sigma_min) * t
+        return (1.0 - self.sigma_min) * at_least_float32(x_t) + a * at_least_float32(velocity)
+
+    @torch.no_grad()
+    def denoise_once(self, model, x1: torch.Tensor, noise: torch.Tensor, level: float, cond: dict | None,
+                     w_src: float = 1.0, w_fus: float = 1.0) -> torch.Tensor:
+        """Move clean latents `level` of the way to noise (0 clean, 1 pure noise: t = 1 - level) and
+        predict x1 in ONE model call: the same diagnostic as diffusion.Diffusion.denoise_once."""
+        t = torch.full((x1.shape[0],), 1.0 - float(level), device=x1.device)  # (B,) flow time
+        x_t = self.interpolate(noise, at_least_float32(x1), t)
+        return self.predict_x1(guided_output(model, x_t, t * 1000.0, cond, w_src, w_fus), x_t, t)
+
     def sample_time(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training times (B,) in (0, 1), float32: uniform, or sigmoid of N(logit_mean, logit_std^2)."""
         gen_device = generator.device if generator is not None else device
@@ -109,15 +131,18 @@ class FlowMatching:
         n = torch.randn(batch, generator=generator, device=gen_device).to(device)
         return torch.sigmoid(self.logit_mean + self.logit_std * n)
 
-    def loss(self, model, x1: torch.Tensor, cond: dict | None, generator: torch.Generator | None = None):
+    def loss(self, model, x1: torch.Tensor, cond: dict | None, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None):
         """Flow-matching objective. Returns (mean loss, per-sample loss (B,), t (B,), 0 = noise, 1 = data).
 
+        noise: the other end of each line; None draws it independently of x1 (flow matching's
+        coupling). Reflow passes the z that the teacher turned into x1 (see `Reflow`).
         note: times, the path and the target are float32 whatever dtype x1 arrives in: a bf16 t
         (CUDA autocast) has 8 bits of mantissa, so neighbouring times would collapse into one.
         """
         x1 = at_least_float32(x1)
         t = self.sample_time(x1.shape[0], x1.device, generator)  # (B,) float32
-        noise = gaussian_like(x1, generator)
+        noise = gaussian_like(x1, generator) if noise is None else at_least_float32(noise)
         x_t = self.interpolate(noise, x1, t)
         pred = model(x_t, t * 1000.0, **drop_conditions(cond, self.drop_probs, generator, self.joint_drop))
         per_sample = (at_least_float32(pred) - self.target(noise, x1)).pow(2).flatten(1).mean(dim=1)  # (B,)
@@ -173,6 +198,60 @@ class FlowMatching:
             if return_trajectory:
                 trajectory.append(x)
         return (x, trajectory) if return_trajectory else x
+
+
+# ----------------------------------------------------------------------------- reflow: a one- or two-step student
+
+# The teacher's ODE is solved with Heun (second order) in TEACHER_STEPS steps: 32 evaluations a pair;
+# RESULTS.md shows that doubling them changes the couplings by less than the student can learn.
+TEACHER_STEPS, TEACHER_SOLVER = 16, "heun"
+REFLOW_STEPS = 2  # the student's release setting: 2 Euler steps, one branch each, so NFE 2
+
+
+@torch.no_grad()
+def couplings(teacher_process: FlowMatching, teacher, noise: torch.Tensor, cond: dict | None,
+              steps: int = TEACHER_STEPS, solver: str = TEACHER_SOLVER, w_src: float = DEFAULT_GUIDANCE["w_src"],
+              w_fus: float = DEFAULT_GUIDANCE["w_fus"]) -> torch.Tensor:
+    """x1_hat (B, C, h, w) for each noise z (B, C, h, w): the teacher's GUIDED ODE, solved accurately.
+
+    Nothing here is new: it is the teacher's sampler at a careful setting. What is new is keeping
+    (z, x1_hat) together: a deterministic coupling, the training pairs of `Reflow`.
+    """
+    return teacher_process.sample(teacher, noise, cond, steps, solver, w_src, w_fus)
+
+
+class Reflow(FlowMatching):
+    """Reflow (rectified flow, Liu et al. 2022), with guidance distilled into the student (InstaFlow).
+
+    Why a flow-matching model needs many steps. Training joins noise and data INDEPENDENTLY, so many
+    straight lines pass through each x_t, pointing at different images; the network learns their
+    average direction. The ODE of that average field bends (towards the mean early, towards one image
+    late), and Euler walks straight: with few steps it cuts the bends and lands between images, a
+    blur (the sweep in RESULTS.md shows where).
+
+    What reflow changes: the coupling. Solve the teacher's ODE from noise z to its own answer x1_hat
+    (`couplings`), and regress on the straight lines z -> x1_hat instead. ODE paths never cross, so
+    these lines cross far less than independent ones: at each x_t they mostly agree, the learnt field
+    is nearly constant along each line, and a constant velocity is integrated EXACTLY by one Euler
+    step, x1 = z + v(z, 0). Two steps correct what bending is left.
+
+    Guidance baked in: the teacher's ODE is solved with guidance (w = 2, two branches a step), the
+    student is trained with every condition kept, so it draws the guided answer in one branch: w = 1,
+    NFE = steps. The loss is FlowMatching's with the coupling's z as the noise, no condition dropping
+    and uniform t (a 1- or 2-step sampler asks at t = 0 and 0.5, which logit-normal t rarely trains).
+    The student starts from the teacher's weights: it only has to straighten, not to learn to draw.
+    """
+    release = dict(steps=REFLOW_STEPS, sampler="euler", w_src=1.0, w_fus=1.0)
+
+    def __init__(self, time_sampling: str = "uniform"):
+        super().__init__(sigma_min=0.0, time_sampling=time_sampling, drop_probs={}, joint_drop=0.0)
+
+    def loss(self, model, x1: torch.Tensor, cond: dict | None, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None):
+        """The straight-line regression between each coupled (noise, x1): see the class docstring."""
+        if noise is None:
+            raise ValueError("Reflow.loss trains on couplings: pass noise=z, the noise the teacher turned into x1")
+        return super().loss(model, x1, cond, generator, noise=noise)
 
 
 # ----------------------------------------------------------------------------- command line: NFE and solver error

@@ -3,7 +3,8 @@
 A checkpoint of train.py is one dict, written atomically, that carries everything needed to
 draw: the UNet (its EMA weights too), the frozen VAE and, for FPDM, the frozen fusion model, and
 the training settings that choose the process. This file reads and writes that format, rebuilds
-the process (FPDM's diffusion or RPFM's flow matching), builds the conditions and draws latents:
+the process (FPDM's diffusion, RPFM's flow matching, or the flow of RPFM's reflow student), builds
+the conditions and draws latents:
 
     checkpoint -> Generator(process, unet, vae, fusion) -> build_cond -> sample_latents -> decode
 
@@ -38,7 +39,7 @@ import unet as unet_lib
 import vae as vae_lib
 
 CKPT_VERSION = 1
-LATENT_METHODS = ("fpdm", "rpfm")  # the methods whose checkpoints can draw a person
+LATENT_METHODS = ("fpdm", "rpfm", "reflow")  # the methods whose checkpoints can draw a person
 PRECISIONS = ("auto", "bf16", "fp32")
 SAMPLE_RECORD = "samples.json"  # sample.py's note of what it wrote, inside its output folder
 
@@ -101,7 +102,7 @@ def is_finished(ckpt: dict) -> bool:
 
 
 def newest_checkpoint(folder) -> Path | None:
-    """The newest (by modification time) finished fpdm.pt / rpfm.pt in train.py's --out folder.
+    """The newest (by modification time) finished fpdm.pt / rpfm.pt / reflow.pt in train.py's --out folder.
 
     None when there is none at all; a ValueError naming them when all of them are unfinished.
     """
@@ -207,6 +208,8 @@ def make_process(method: str, settings: dict):
     if method == "fpdm":
         return diffusion.Diffusion(offset_noise=s["offset_noise"], drop_probs=drops,
                                    joint_drop=s["joint_drop"], prediction=s["prediction"])
+    if method == "reflow":  # RPFM's few-step student: straight lines between teacher couplings
+        return flow_matching.Reflow()
     return flow_matching.FlowMatching(drop_probs=drops, joint_drop=s["joint_drop"])
 
 
@@ -220,28 +223,17 @@ class Sampling:
     w_fus: float
 
 
-def process_module(process):
-    """diffusion or flow_matching: the module that holds this process's defaults and samplers."""
-    return diffusion if isinstance(process, diffusion.Diffusion) else flow_matching
-
-
-def default_steps(process) -> int:
-    return process_module(process).DEFAULT_STEPS
-
-
 def sampling_for(process, steps: int = 0, sampler: str = "", w_src=None, w_fus=None) -> Sampling:
-    """The process's release defaults (FPDM: DDPM 20, w 2; RPFM: Euler 10, w 2) where an
-    argument is 0 / "" / None; a sampler the process does not have is a ValueError."""
-    module = process_module(process)
-    names = module.SAMPLERS if module is diffusion else module.SOLVERS
-    default = module.DEFAULT_SAMPLER if module is diffusion else module.DEFAULT_SOLVER
-    sampler = sampler or default
-    if sampler not in names:
-        kind = "diffusion sampler" if module is diffusion else "flow-matching solver"
-        raise ValueError(f"{sampler!r} is not a {kind}; expected one of {', '.join(names)}")
-    guide = module.DEFAULT_GUIDANCE
-    return Sampling(steps or module.DEFAULT_STEPS, sampler,
-                    guide["w_src"] if w_src is None else w_src, guide["w_fus"] if w_fus is None else w_fus)
+    """The process's release setting (`process.release`; FPDM: DDPM 20, w 2; RPFM: Euler 10, w 2;
+    the reflow student: Euler 2, w 1) where an argument is 0 / "" / None; a sampler the process
+    does not have is a ValueError."""
+    release = process.release
+    sampler = sampler or release["sampler"]
+    if sampler not in process.samplers:
+        kind = "diffusion sampler" if isinstance(process, diffusion.Diffusion) else "flow-matching solver"
+        raise ValueError(f"{sampler!r} is not a {kind}; expected one of {', '.join(process.samplers)}")
+    return Sampling(steps or release["steps"], sampler, release["w_src"] if w_src is None else w_src,
+                    release["w_fus"] if w_fus is None else w_fus)
 
 
 def sample_latents(process, model, noise, cond, steps: int = 0, w_src=None, w_fus=None, sampler: str = ""):
@@ -292,7 +284,7 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, path, use_ema: bool = True, device="cpu") -> "Generator":
-        """A trained fpdm / rpfm file; its EMA weights by default (as DiT samples)."""
+        """A trained fpdm / rpfm / reflow file; its EMA weights by default (as DiT samples)."""
         ckpt = load_checkpoint(path, LATENT_METHODS)
         settings = train_settings(ckpt)
         model = unet_lib.UNet(ckpt["config"]["model"])

@@ -103,18 +103,18 @@ def test_newest_finished_checkpoint(ckpts, tmp_path):
 @pytest.mark.parametrize("method, expected, rows_per_image", [
     ("fpdm", pipeline.Sampling(20, "ddpm", 2.0, 2.0), 40),  # FPDM's release: DDPM 20, one weight 2
     ("rpfm", pipeline.Sampling(10, "euler", 2.0, 2.0), 20),
+    ("reflow", pipeline.Sampling(2, "euler", 1.0, 1.0), 2),  # guidance baked in: one branch, NFE = steps
 ])
 def test_release_defaults_and_their_counted_nfe(method, expected, rows_per_image):
     process = pipeline.make_process(method, {})
     assert pipeline.sampling_for(process) == expected
-    assert pipeline.default_steps(process) == expected.steps
     keys = ("pose", "src_tokens", "fusion") if method == "fpdm" else ("pose", "src_tokens")
     cond = {k: torch.zeros(3, 1) for k in keys}  # the counter ignores the values
     counter = RowCounter()
     pipeline.sample_latents(process, counter, torch.zeros(3, 4, 2, 2), cond)
     assert counter.rows == 3 * rows_per_image
     module = diffusion if method == "fpdm" else flow_matching
-    assert module.nfe(expected.steps, expected.sampler, keys, 2.0, 2.0) == rows_per_image
+    assert module.nfe(expected.steps, expected.sampler, keys, expected.w_src, expected.w_fus) == rows_per_image
     with pytest.raises(ValueError, match="expected one of"):
         pipeline.sampling_for(process, sampler="rk4")
 

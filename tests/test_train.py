@@ -21,7 +21,7 @@ import unet as unet_lib
 REPO = Path(__file__).resolve().parents[1]
 
 # 32 px images (latents 8x8) and batches of 4 keep every run to seconds on 2 cores.
-FAST = ["--image-size", "32", "--batch-size", "4", "--num-workers", "0", "--log-every", "1",
+FAST = ["--image-size", "32", "--batch-size", "4", "--vae-batch-size", "4", "--num-workers", "0", "--log-every", "1",
         "--vae-steps", "2", "--fusion-steps", "2", "--steps", "2", "--sample-every", "2",
         "--ckpt-every", "2", "--grid-rows", "2", "--grid-steps", "2", "--warmup", "1"]
 
@@ -61,6 +61,32 @@ def test_fusion_method_reports_retrieval(fpdm_run, tiny_root, capsys):
     run_train(tiny_root, fpdm_run, "--method", "fusion")
     out = capsys.readouterr().out
     assert "source alone" in out and "R@1" in out
+
+
+def test_fusion_loss_both_trains_each_loss_and_prints_one_table(fpdm_run, tiny_root, tmp_path, capsys):
+    run_train(tiny_root, tmp_path, "--method", "fusion", "--fusion-loss", "both", "--vae-ckpt",
+              str(fpdm_run / "vae.pt"))
+    for loss in train.FUSION_LOSSES:
+        ckpt = train.load_checkpoint(tmp_path / f"fusion_{loss}" / "fusion.pt", "fusion")
+        assert ckpt["config"]["train"]["fusion_loss"] == loss
+        assert ckpt["config"]["model"]["source_enhanced"] == (loss == "source_enhanced")
+    table = capsys.readouterr().out.split("[fusion] retrieval of the true target")[1]
+    for row in ("baseline InfoNCE: source alone", "baseline InfoNCE: fused",
+                "source_enhanced InfoNCE: source alone", "source_enhanced InfoNCE: fused"):
+        assert row in table
+    with pytest.raises(ValueError, match="--fusion-loss both .* needs --method fusion"):
+        train.parse_config(["--method", "fpdm", "--fusion-loss", "both"])
+
+
+def test_rpfm_with_use_fusion_conditions_on_the_fusion_embedding(fpdm_run, tiny_root, tmp_path):
+    """The process x fusion 2x2 of the FPDM diagnosis: flow matching with FPDM's fusion input."""
+    run_train(tiny_root, tmp_path, "--method", "rpfm", "--use-fusion", "--vae-ckpt", str(fpdm_run / "vae.pt"),
+              "--fusion-ckpt", str(fpdm_run / "fusion.pt"))
+    ckpt = train.load_checkpoint(tmp_path / "rpfm.pt", "rpfm")
+    assert "fusion" in ckpt and ckpt["config"]["model"]["fusion_dim"] > 0
+    gen = pipeline.Generator.from_checkpoint(tmp_path / "rpfm.pt")
+    assert gen.fusion is not None and pipeline.build_cond(gen.unet, gen.fusion, *[torch.zeros(
+        1, 3, 32, 32)] * 2).keys() == {"pose", "src_tokens", "fusion"}
 
 
 def test_evaluate_scores_retrieval_of_a_fusion_checkpoint(fpdm_run, tiny_root, tmp_path):
@@ -224,3 +250,35 @@ def test_latents_reach_the_process_in_float32_under_autocast(tiny_root, tmp_path
     run_train(tiny_root, tmp_path, "--method", "fpdm", "--precision", "bf16", "--steps", "1",
               "--vae-steps", "1", "--fusion-steps", "1", "--sample-every", "1", "--ckpt-every", "1")
     assert seen == [torch.float32]
+
+
+def test_reflow_end_to_end_couplings_are_the_teachers_samples(fpdm_run, tiny_root, tmp_path, capsys):
+    """--method reflow on 4 pairs: teacher trained on the way, couplings exactly the teacher's guided
+    ODE for the stored z, resumable; the student file samples like any checkpoint, at NFE = steps."""
+    args = ["--method", "reflow", "--vae-ckpt", str(fpdm_run / "vae.pt"), "--teacher-steps", "2",
+            "--reflow-pairs", "4", "--coupling-steps", "3"]
+    run_train(tiny_root, tmp_path, *args)
+    teacher = pipeline.load_checkpoint(tmp_path / "rpfm.pt", "rpfm")
+    assert teacher["step"] == 2
+    state = pipeline.load_checkpoint(tmp_path / "reflow_couplings.pt", "couplings")
+    assert state["done"] == len(state["index"]) == 4 and state["teacher"]["coupling_steps"] == 3
+    gen = pipeline.Generator.from_checkpoint(tmp_path / "rpfm.pt")  # the teacher's EMA weights
+    pairs = train.FlipIndexed(train.data.PairDataset(tiny_root, "train", 32))
+    batch = torch.utils.data.default_collate([pairs[int(k)] for k in state["index"]])
+    cond = pipeline.build_cond(gen.unet, None, batch["source"], batch["target_pose"])
+    expected = train.flow_matching.couplings(gen.process, gen.unet, state["noise"], cond, steps=3)
+    assert torch.allclose(state["x1"], expected, atol=1e-5)
+    # resumable: a file cut off after 2 couplings is completed to the same values
+    cut = dict(state, done=2, x1=torch.cat([state["x1"][:2], torch.zeros_like(state["x1"][2:])]))
+    pipeline.save_checkpoint(tmp_path / "reflow_couplings.pt", cut)
+    run_train(tiny_root, tmp_path, *args)
+    again = pipeline.load_checkpoint(tmp_path / "reflow_couplings.pt", "couplings")
+    assert again["done"] == 4 and torch.allclose(again["x1"], state["x1"], atol=1e-5)
+    student = pipeline.load_checkpoint(tmp_path / "reflow.pt", "reflow")
+    assert student["step"] == 2 and student["teacher"]["step"] == 2
+    import sample
+    capsys.readouterr()
+    sample.main(["--ckpt", str(tmp_path / "reflow.pt"), "--data", str(tiny_root), "--out", str(tmp_path / "s"),
+                 "--limit", "2", "--warmup", "0"])
+    row = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]
+    assert (row["method"], row["sampler"], row["steps"], row["w_src"], row["nfe"]) == ("reflow", "euler", 2, 1.0, 2)
