@@ -30,9 +30,34 @@ Both sides are resized to the evaluation size with data.resize_for_eval (bicubic
 Weights never download here: LPIPS and FID load local files or torchvision's cache under
 TORCH_HOME; when they are absent a one-line note says so and the metric is left out.
 
+Quality against time (--sweep). One command answers "how much faster is RPFM at FPDM's quality":
+the checkpoints (--rpfm-ckpt, --fpdm-ckpt and, when it exists, --reflow-ckpt; runs/tiny/ by default)
+generate their dataset's whole --split (--limit N: the first N pairs) at every point of SWEEP_POINTS:
+RPFM Euler 1-32 steps and Heun 2-8 with guidance w 2, Euler 1-32 without (w 1: one branch), FPDM's
+release (DDPM 20, w 2) and DDIM 5-50, the reflow student Euler 1, 2, 4 (guidance baked in). Each
+point draws from the same noise and generates exactly as sample.py does (its `generate`: the same
+timer, source encoding + sampling loop + VAE decoding, CUDA synchronised, one untimed warm-up batch;
+the NFE counted by wrapping the UNet); its images are scored like any folder (SSIM, PSNR,
+sharpness, LPIPS / FID where the weights exist). --sweep-out (runs/sweep) receives results.csv (a
+row per point), quality_vs_time.png (SSIM and sharpness against ms per image, log x, the two
+baselines on the same pairs as lines), grid.png (six pairs: RPFM Euler 1, 2, 4, 10, the student at 1
+and 2, FPDM's release) and images/<point>/. The printout ends with the quality/time frontier as a
+markdown table and the HEADLINE lines: FPDM's release SSIM and time, RPFM's fastest point within
+0.01 SSIM of it and the time ratio, and the step count at which RPFM's guided Euler falls more than
+0.02 below its best (scanning down from the best).
+
+One-step denoising (--one-step CKPT), a diagnostic: noise the split's target latents to several
+levels, predict them back with ONE network call (no sampler), decode and score against the targets;
+plus, for FPDM, the prediction from what its sampler really starts from (pure noise at step 951),
+and the size of the fusion term next to the time term in the UNet's embedding. It tells whether a
+model that samples badly is bad at some noise levels, or good everywhere and let down by sampling.
+
     python evaluate.py            # the newest folder `python sample.py` wrote, with its baselines
     python evaluate.py --generated runs/samples/rpfm --real DATA/test_highres [--size 256x176]
     python evaluate.py --baselines --data DATA [--split test]
+    python evaluate.py --sweep [--limit 64] [--batch-size 16] [--device cuda]   # -> runs/sweep/
+    python evaluate.py --one-step runs/tiny/fpdm.pt [--no-ema] [--limit 256]
+    python evaluate.py --fusion-ckpt runs/tiny/fusion.pt --data runs/benchmark-64x44   # retrieval
     pytest -q tests/test_evaluate.py
 
 Shape letters: B batch, C channels (3 for images), H W height width, N images in a set,
@@ -40,11 +65,13 @@ D feature dimension (2048 for Inception), K window size.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -57,10 +84,15 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 import data
+import diffusion
 import fusion
 import pipeline
+import sample  # the sweep generates exactly as sample.py does (sample.py imports no evaluate.py)
 from data import PairDataset, option, parse_size, progress, resize_for_eval
+from guidance import guided_output
+from pipeline import Generator, Sampling
 
+DEFAULT_REFLOW_CKPT = "runs/tiny/reflow.pt"  # where `python train.py --method reflow` leaves it
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NAME_SEPARATOR = "___"  # sample.py names generated files {source_stem}___{target_stem}.png
 
@@ -468,6 +500,21 @@ class EvalConfig:
                                               "average rank) on --data's --split")
     random_init_for_testing: bool = option(False, "LPIPS/FID from untrained random networks: exercises "
                                                    "the code, numbers are meaningless")
+    sweep: bool = option(False, "quality against time: generate --split with both checkpoints at every "
+                                "point of SWEEP_POINTS, time and score each (CSV, plot, grid in --sweep-out)")
+    rpfm_ckpt: str = option("runs/tiny/rpfm.pt", "--sweep: the RPFM checkpoint")
+    fpdm_ckpt: str = option("runs/tiny/fpdm.pt", "--sweep: the FPDM checkpoint (trained on the same data)")
+    reflow_ckpt: str = option(DEFAULT_REFLOW_CKPT, "--sweep: RPFM's reflow student (its points are left "
+                                                   "out when this default file is missing)")
+    sweep_out: str = option("runs/sweep", "--sweep: folder of results.csv, quality_vs_time.png, grid.png")
+    limit: int = option(0, "--sweep: generate only the first N pairs (0: the whole split)")
+    seed: int = option(0, "--sweep: seed of the initial noise, the same at every point")
+    precision: str = option("auto", "--sweep: auto (bf16 autocast on CUDA, float32 elsewhere), bf16 or "
+                                    "fp32", choices=pipeline.PRECISIONS)
+    one_step: Optional[str] = option(None, "a fpdm / rpfm checkpoint: noise --split's target latents to "
+                                           "several levels and predict them back in ONE network call "
+                                           "(a diagnostic: where along the path is the model good?)")
+    ema: bool = option(True, "--one-step: the EMA weights (--no-ema: the raw ones)")
 
 
 class Metrics:
@@ -714,6 +761,391 @@ def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch
     return rows
 
 
+# ----------------------------------------------------------------------------- the sweep: quality against time
+
+SWEEP_W = 2.0  # both papers' release guidance weight; w_src = w_fus is plain CFG: two branches a step
+FPDM_RELEASE = ("fpdm", Sampling(20, "ddpm", SWEEP_W, SWEEP_W))  # FPDM's release sampler
+# (method, Sampling). Every point draws the same pairs from the same noise, so two points differ only
+# by the sampler. RPFM without guidance (w = 1) runs one branch per evaluation: half the NFE of w = 2.
+# The reflow student has its guidance baked in: w = 1, one branch, NFE = steps (left out, with a
+# note, when its checkpoint does not exist).
+SWEEP_POINTS = (
+    *(("rpfm", Sampling(n, "euler", SWEEP_W, SWEEP_W)) for n in (1, 2, 4, 8, 16, 32)),
+    *(("rpfm", Sampling(n, "heun", SWEEP_W, SWEEP_W)) for n in (2, 4, 8)),
+    *(("rpfm", Sampling(n, "euler", 1.0, 1.0)) for n in (1, 2, 4, 8, 16, 32)),
+    FPDM_RELEASE,
+    *(("fpdm", Sampling(n, "ddim", SWEEP_W, SWEEP_W)) for n in (5, 10, 20, 50)),
+    *(("reflow", Sampling(n, "euler", 1.0, 1.0)) for n in (1, 2, 4)),
+)
+# the grid's generated columns: RPFM Euler from one step up to its default 10, the reflow student at
+# 1 and 2 steps, then FPDM's release
+GRID_POINTS = (*(("rpfm", Sampling(n, "euler", SWEEP_W, SWEEP_W)) for n in (1, 2, 4, 10)),
+               *(("reflow", Sampling(n, "euler", 1.0, 1.0)) for n in (1, 2)), FPDM_RELEASE)
+GRID_PAIRS = 6
+SWEEP_COLUMNS = ("method", "sampler", "steps", "w_src", "w_fus", "nfe", "ms_per_image", "images_per_s",
+                 "device", "batch", "pairs", "ssim", "psnr", "sharpness", "lpips", "fid", "checkpoint",
+                 "train_step", "precision")
+REACHED = 0.01      # "as good as FPDM's release": an SSIM within this of it
+FALLS_APART = 0.02  # "falls apart": an SSIM this far below RPFM's best guided Euler point
+
+
+@dataclass
+class Sweep:
+    """What every point shares: the generators, their training steps, and the pairs at one photo size."""
+    gens: dict           # method -> Generator
+    train_steps: dict    # method -> optimiser steps of its checkpoint
+    dataset: PairDataset
+    pairs: list          # [(source name, target name)]: the first --limit pairs of the split
+    size: tuple          # (H, W): the photos' size, where every point is scored
+    device: torch.device
+
+
+def sweep_methods(cfg: EvalConfig, points) -> tuple[dict, list]:
+    """{method: checkpoint path} of the methods the points need, and the points that can run: the
+    reflow student is optional (left out with a note when its default file is missing)."""
+    paths = {"rpfm": cfg.rpfm_ckpt, "fpdm": cfg.fpdm_ckpt, "reflow": cfg.reflow_ckpt}
+    wanted = {m for m, _ in points}
+    optional = cfg.reflow_ckpt == DEFAULT_REFLOW_CKPT  # a file named by --reflow-ckpt must exist
+    if "reflow" in wanted and optional and not Path(cfg.reflow_ckpt).is_file():
+        print(f"note: no reflow student at {cfg.reflow_ckpt} (python train.py --method reflow): its points "
+              f"are left out")
+        wanted.discard("reflow")
+    return {m: paths[m] for m in sorted(wanted)}, [(m, s) for m, s in points if m in wanted]
+
+
+def open_sweep(cfg: EvalConfig, paths: dict, device) -> Sweep:
+    """Load the checkpoints the points need; they must share one dataset and one image size."""
+    train_steps = {m: pipeline.load_checkpoint(p, m)["step"] for m, p in paths.items()}  # wrong method: error
+    gens = {m: Generator.from_checkpoint(p, True, device) for m, p in paths.items()}
+    roots = {str(Path(cfg.data or g.data_root or data.ensure_benchmark(
+        size=parse_size(g.bench_size, "bench_size"))).resolve()) for g in gens.values()}
+    sizes = {g.image_size for g in gens.values()}
+    if len(roots) > 1 or len(sizes) > 1:
+        raise ValueError(f"--sweep compares checkpoints trained on one dataset at one size; got "
+                         f"{', '.join(sorted(roots))} at {sorted(sizes)} px (pass --data ROOT to force one)")
+    dataset = PairDataset(roots.pop(), cfg.split, sizes.pop(), verbose=False)
+    pairs = list(dataset.pairs[:cfg.limit] if cfg.limit > 0 else dataset.pairs)
+    if not pairs:
+        raise ValueError(f"--sweep: split {cfg.split!r} of {dataset.root} has no pairs")
+    size = parse_size(cfg.size) if cfg.size else sample.photo_size(dataset)
+    return Sweep(gens, train_steps, dataset, pairs, size, device)
+
+
+def point_batches(sweep: Sweep, gen: Generator, cfg: EvalConfig):
+    """(batch, noise) over the sweep's pairs; the noise and DDPM's step noise are seeded per batch, so
+    every point draws from the same noise whatever ran before it."""
+    subset = torch.utils.data.Subset(sweep.dataset, range(len(sweep.pairs)))
+    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, shuffle=False)
+    for i, batch in enumerate(loader):
+        noise = gen.noise(len(batch["source"]), "cpu", torch.Generator().manual_seed(cfg.seed + i))  # (B, C, h, w)
+        torch.manual_seed(cfg.seed + i)  # DDPM's fresh noise per step
+        yield batch, noise.to(sweep.device)
+
+
+def generate_point(sweep: Sweep, method: str, sampling: Sampling, cfg: EvalConfig, out: Path):
+    """Generate the sweep's pairs at one point into out/, as sample.py does (same timer, same NFE
+    counter, same files): (files, seconds, counted NFE per image). The first batch runs once
+    untimed before the clock starts (allocator, cuDNN autotuning)."""
+    gen, device = sweep.gens[method], sweep.device
+    timer, files, nfe = sample.PhaseTimer(device), [], 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (batch, noise) in enumerate(point_batches(sweep, gen, cfg)):
+        src, pose = batch["source"].to(device), batch["target_pose"].to(device)
+        if i == 0:  # warm-up: its time is thrown away
+            sample.generate(gen, src, pose, sampling, sample.PhaseTimer(device), cfg.precision, noise=noise)
+            torch.manual_seed(cfg.seed)  # the step noise as if the warm-up had not run
+        images, nfe = sample.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise)
+        files += [out / f for f in sample.write_images(images, batch, out, sweep.size)]
+    return files, sum(timer.seconds.values()), nfe
+
+
+def point_label(method: str, s: Sampling) -> str:
+    w = f"{s.w_src:g}" if s.w_src == s.w_fus else f"{s.w_src:g}/{s.w_fus:g}"
+    return f"{method} {s.sampler} {s.steps} w{w}"
+
+
+def sweep_point(sweep: Sweep, method: str, sampling: Sampling, metrics: Metrics, cfg: EvalConfig) -> dict:
+    """One CSV row: generate, time and score the sweep's pairs at one (method, sampling)."""
+    label = point_label(method, sampling)
+    out = Path(cfg.sweep_out) / "images" / label.replace(" ", "_").replace("/", "-")
+    files, seconds, nfe = generate_point(sweep, method, sampling, cfg, out)
+    real = [sweep.dataset.image_path(t) for _, t in sweep.pairs]
+    scores = score_pairs(list(zip(files, real)), metrics, sweep.size, cfg.batch_size, desc=label)
+    return {"method": method, **dataclasses.asdict(sampling), "nfe": nfe,
+            "ms_per_image": 1000 * seconds / len(files), "images_per_s": len(files) / seconds,
+            "device": sample.device_name(sweep.device), "batch": cfg.batch_size, "pairs": len(files),
+            **{k: scores[k] for k in ("ssim", "psnr", "sharpness", "lpips", "fid") if k in scores},
+            "checkpoint": sweep.gens[method].checkpoint, "train_step": sweep.train_steps[method],
+            "precision": cfg.precision}
+
+
+def write_sweep_csv(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, restval="")  # "": LPIPS / FID left out
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _guided(row: dict) -> bool:
+    return not (row["w_src"] == 1 and row["w_fus"] == 1)
+
+
+def sweep_curves(rows: list[dict]) -> dict:
+    """{curve name: its rows by step count}: one curve per (method, sampler, guided or not)."""
+    curves = {}
+    for r in sorted(rows, key=lambda r: r["steps"]):
+        w = f"w {r['w_src']:g}" if r["w_src"] == r["w_fus"] else f"w {r['w_src']:g}/{r['w_fus']:g}"
+        if r["method"] == "reflow":
+            name = f"RPFM reflow student, {r['sampler']} (guidance baked in)"
+        else:
+            name = f"{r['method'].upper()} {r['sampler']}, {w if _guided(r) else 'no guidance'}"
+        curves.setdefault(name, []).append(r)
+    return curves
+
+
+def _plot_panel(ax, curves: dict, baselines: dict, key: str, ylabel: str) -> None:
+    """One metric against ms per image: a line per curve, its step counts beside the markers."""
+    for name, points in curves.items():
+        xs, ys = [r["ms_per_image"] for r in points], [r[key] for r in points]
+        line, = ax.plot(xs, ys, marker="o", label=name)
+        for r, x, y in zip(points, xs, ys):
+            ax.annotate(str(r["steps"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                        color=line.get_color())
+    for (name, row), style in zip(baselines.items(), (":", "--")):
+        ax.axhline(row[key], color="gray", linestyle=style, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per image (log scale; labels: steps)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_sweep(rows: list[dict], baselines: dict, path: Path, title: str = "") -> Path:
+    """quality_vs_time.png: SSIM and sharpness against ms per image, baselines as horizontal lines."""
+    import matplotlib  # lazily: only the sweep draws, and a file needs no display (Agg)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    curves = sweep_curves(rows)
+    _plot_panel(axes[0], curves, baselines, "ssim", "SSIM (higher is better)")
+    _plot_panel(axes[1], curves, baselines, "sharpness", "sharpness (1.0: as sharp as the photos)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def sweep_grid(sweep: Sweep, points, cfg: EvalConfig, path: Path) -> Path:
+    """grid.png: source | target pose | one column per point | target, on the first GRID_PAIRS pairs,
+    every column drawn from the same noise."""
+    items = [sweep.dataset[i] for i in range(min(GRID_PAIRS, len(sweep.pairs)))]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("source", "target_pose", "target")}
+    src, pose = batch["source"].to(sweep.device), batch["target_pose"].to(sweep.device)
+    columns = []
+    for method, sampling in points:
+        gen = sweep.gens[method]
+        torch.manual_seed(cfg.seed)
+        noise = gen.noise(len(items), "cpu", torch.Generator().manual_seed(cfg.seed)).to(sweep.device)
+        timer = sample.PhaseTimer(sweep.device)
+        columns.append(sample.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise)[0].cpu())
+    pose_rgb = batch["target_pose"][:, :3] * 2 - 1  # (B, 3, H, W): pose maps to [-1, 1] like the photos
+    rows = [[batch["source"][i], pose_rgb[i], *(c[i] for c in columns), batch["target"][i]]
+            for i in range(len(items))]
+    labels = ("source", "target pose", *(f"{m.upper()} {s.sampler} {s.steps}" for m, s in points), "target")
+    return data.save_grid([[pipeline.enlarge(c) for c in row] for row in rows], path, labels=labels)
+
+
+def quality_frontier(rows: list[dict]) -> list[dict]:
+    """The points no faster point beats in SSIM, fastest first."""
+    best, frontier = -math.inf, []
+    for r in sorted(rows, key=lambda r: r["ms_per_image"]):
+        if r["ssim"] > best:
+            frontier.append(r)
+            best = r["ssim"]
+    return frontier
+
+
+def frontier_table(rows: list[dict]) -> list[str]:
+    lines = ["| method | sampler | steps | w src/fus | NFE | ms/image | SSIM | PSNR | sharpness |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in quality_frontier(rows):
+        lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['w_src']:g}/{r['w_fus']:g} | "
+                     f"{r['nfe']:g} | {r['ms_per_image']:.2f} | {r['ssim']:.4f} | {r['psnr']:.2f} | "
+                     f"{r['sharpness']:.3f} |")
+    return lines
+
+
+def _sampling_of(row: dict) -> Sampling:
+    return Sampling(row["steps"], row["sampler"], row["w_src"], row["w_fus"])
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """FPDM's release point; RPFM's fastest point within REACHED of its SSIM and the time ratio; and
+    where RPFM's guided Euler falls apart."""
+    release = next((r for r in rows if (r["method"], _sampling_of(r)) == FPDM_RELEASE), None)
+    if release is None:
+        return ["HEADLINE: no FPDM release point (DDPM 20, w 2) in this sweep", falls_apart(rows)]
+    ms = release["ms_per_image"]
+    lines = [f"HEADLINE: FPDM release ({point_label(*FPDM_RELEASE)}): SSIM {release['ssim']:.4f} at "
+             f"{ms:.2f} ms/image"]
+    for method, who in (("rpfm", "RPFM's"), ("reflow", "the reflow student's")):
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["ms_per_image"])
+        match = next((r for r in points if r["ssim"] >= release["ssim"] - REACHED), None)
+        if not points:
+            continue
+        if match is None:
+            best = max(points, key=lambda r: r["ssim"])
+            lines.append(f"HEADLINE: {who} fastest point within {REACHED} SSIM of it: not reached (its best: "
+                         f"{point_label(method, _sampling_of(best))}, SSIM {best['ssim']:.4f})")
+        else:
+            lines.append(f"HEADLINE: {who} fastest point within {REACHED} SSIM of it: "
+                         f"{point_label(method, _sampling_of(match))} (NFE {match['nfe']:g}): SSIM "
+                         f"{match['ssim']:.4f} at {match['ms_per_image']:.2f} ms/image, time ratio "
+                         f"{ms / match['ms_per_image']:.1f}x")
+    return lines + [falls_apart(rows)]
+
+
+def falls_apart(rows: list[dict]) -> str:
+    """Going down in steps from RPFM's best guided Euler point, the first step count whose SSIM is
+    more than FALLS_APART below that best (step counts above the best are not "too few steps")."""
+    euler = [r for r in rows if r["method"] == "rpfm" and r["sampler"] == "euler" and _guided(r)]
+    if not euler:
+        return "HEADLINE: RPFM guided Euler falls apart at: no guided Euler points in this sweep"
+    best = max(euler, key=lambda r: r["ssim"])
+    fallen = [r for r in euler if r["steps"] < best["steps"] and r["ssim"] < best["ssim"] - FALLS_APART]
+    if not fallen:
+        return (f"HEADLINE: RPFM guided Euler falls apart at: never (within {FALLS_APART} SSIM of its best, "
+                f"{best['ssim']:.4f} at {best['steps']} steps, down to {min(r['steps'] for r in euler)} steps)")
+    r = max(fallen, key=lambda r: r["steps"])
+    return (f"HEADLINE: RPFM guided Euler falls apart at {r['steps']} steps: SSIM {r['ssim']:.4f}, more than "
+            f"{FALLS_APART} below its best {best['ssim']:.4f} at {best['steps']} steps")
+
+
+def run_sweep(cfg: EvalConfig, points=None, grid_points=None) -> dict:
+    """--sweep: results.csv, quality_vs_time.png and grid.png in --sweep-out, then the summary.
+    points / grid_points: (method, Sampling) pairs; SWEEP_POINTS / GRID_POINTS unless given (tests)."""
+    paths, points = sweep_methods(cfg, points or SWEEP_POINTS)
+    grid_points = [(m, s) for m, s in (grid_points or GRID_POINTS) if m in paths]
+    out, device = Path(cfg.sweep_out), pipeline.pick_device(cfg.device)
+    sweep = open_sweep(cfg, paths, device)
+    metrics = build_metrics(cfg)
+    for line in metrics.notes:
+        print(f"note: {line}")
+    print(f"[sweep] {len(points)} points x {len(sweep.pairs)} {cfg.split} pairs of {sweep.dataset.root}, "
+          f"batch {cfg.batch_size}, scored at {sweep.size[0]}x{sweep.size[1]}, on {device}")
+    rows = [sweep_point(sweep, m, s, metrics, cfg) for m, s in progress(points, desc="[sweep] points")]
+    baselines = score_baselines(sweep.dataset.root, metrics, cfg.split, sweep.size, cfg.batch_size,
+                                mean_images=cfg.mean_images, pairs=sweep.pairs)
+    paths = [write_sweep_csv(rows, out / "results.csv"),
+             plot_sweep(rows, baselines, out / "quality_vs_time.png",
+                        f"{len(sweep.pairs)} {cfg.split} pairs, batch {cfg.batch_size}, {rows[0]['device']}"),
+             sweep_grid(sweep, grid_points, cfg, out / "grid.png")]
+    summary = ["quality/time frontier (no faster point has a higher SSIM):", "", *frontier_table(rows), "",
+               *headline(rows)]
+    print("\n".join(summary))
+    print(f"baselines on the same {len(sweep.pairs)} pairs:")
+    print_table(baselines)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return {"rows": rows, "baselines": baselines, "summary": summary}
+
+
+# ----------------------------------------------------------------------------- one-step denoising (a diagnostic)
+
+# how far toward noise (0 clean, 1 the noisiest input the process trains on); sampling starts at 1
+ONE_STEP_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+ONE_STEP_W = (1.0, 2.0)  # without guidance, and with both papers' release weight
+
+
+def level_name(process, level: float) -> str:
+    if isinstance(process, diffusion.Diffusion):
+        return f"level {level:.2f} (step {process.step_at(level)})"
+    return f"level {level:.2f} (flow t {1 - level:.2f})"
+
+
+def sampler_start(gen: Generator, latents, noise, cond, w: float) -> torch.Tensor:
+    """x0 predicted from what DDPM/DDIM really feed first: pure noise at step timesteps()[0].
+
+    note: the training input at that step still holds sqrt(alpha_bar) of the data (0.09 at step 951
+    of SD's schedule); pure noise holds none. A model that leans on that remnant fails only here.
+    """
+    t = torch.full((latents.shape[0],), float(gen.process.timesteps(diffusion.DEFAULT_STEPS)[0]))  # (B,)
+    out = guided_output(gen.unet, noise, t, cond, w, w)
+    return gen.process.predict_x0_eps(out, noise, t)[0]
+
+
+@torch.no_grad()
+def one_step_batch(gen: Generator, batch: dict, seed: int) -> dict:
+    """{row: {metric: (B,) values}} for one batch: SSIM of the decoded one-call prediction against the
+    target (no sampler in between) at every level and guidance weight, and the RMS latent error."""
+    x = gen.vae.encode_latents(batch["target"])  # (B, C, h, w), unit variance
+    cond = pipeline.build_cond(gen.unet, gen.fusion, batch["source"], batch["target_pose"])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))  # (B, C, h, w)
+    real = (batch["target"] + 1) / 2  # (B, 3, H, W) in [0, 1]
+    predictions = {level_name(gen.process, lv): lambda w, lv=lv: gen.process.denoise_once(
+        gen.unet, x, noise, lv, cond, w, w) for lv in ONE_STEP_LEVELS}
+    if isinstance(gen.process, diffusion.Diffusion):
+        predictions["pure noise at the sampler's first step"] = lambda w: sampler_start(gen, x, noise, cond, w)
+    predictions["baseline: predict the zero latent"] = lambda w: torch.zeros_like(x)
+    rows = {}
+    for name, predict in predictions.items():
+        row = {}
+        for w in ONE_STEP_W:
+            x_hat = predict(w)  # (B, C, h, w)
+            image = (gen.vae.decode_latents(x_hat).clamp(-1, 1) + 1) / 2  # (B, 3, H, W)
+            row[f"ssim_w{w:g}"] = ssim(image, real)
+            row[f"rmse_w{w:g}"] = (x_hat - x).pow(2).flatten(1).mean(1).sqrt()  # (B,)
+        rows[name] = row
+    return rows
+
+
+def embedding_norms(gen: Generator, fusion_embedding) -> dict:
+    """RMS of what the time and the fusion embedding add to the UNet's embedding (their sum feeds
+    every ResBlock): a fusion term far larger or smaller than the time term would drown or vanish."""
+    from unet import timestep_embedding  # the UNet's own time features
+    t = torch.linspace(0, 1000, 64)  # (64,)
+    rms = lambda e: e.pow(2).mean(1).sqrt().mean().item()  # noqa: E731
+    norms = {"time": rms(gen.unet.time_mlp(timestep_embedding(t, gen.unet.config.model_channels)))}
+    if gen.unet.fusion_mlp is not None:
+        norms["fusion"] = rms(gen.unet.fusion_mlp(fusion_embedding))
+        norms["fusion (dropped: zeros)"] = rms(gen.unet.fusion_mlp(torch.zeros_like(fusion_embedding)))
+    return norms
+
+
+ONE_STEP_COLUMNS = [("ssim_w1", "SSIM w 1", "{:.4f}"), ("ssim_w2", "SSIM w 2", "{:.4f}"),
+                    ("rmse_w1", "latent RMSE w 1", "{:.3f}"), ("rmse_w2", "latent RMSE w 2", "{:.3f}")]
+
+
+@torch.no_grad()
+def run_one_step(cfg: EvalConfig) -> dict:
+    """--one-step CKPT: the table of one_step_batch over the split (or its first --limit pairs)."""
+    gen = Generator.from_checkpoint(cfg.one_step, cfg.ema, "cpu")
+    root = cfg.data or gen.data_root or data.ensure_benchmark(size=parse_size(gen.bench_size, "bench_size"))
+    dataset = PairDataset(root, cfg.split, gen.image_size, verbose=False)
+    subset = torch.utils.data.Subset(dataset, range(min(cfg.limit or len(dataset), len(dataset))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=max(cfg.batch_size, 64), shuffle=False)
+    values, fusions = {}, []
+    for i, batch in enumerate(progress(loader, desc="[one-step] batches")):
+        for name, row in one_step_batch(gen, batch, cfg.seed + i).items():
+            for key, v in row.items():
+                values.setdefault(name, {}).setdefault(key, []).append(v)
+        if gen.fusion is not None:
+            fusions.append(gen.fusion.embed(batch["source"], batch["target_pose"]))  # (B, F)
+    rows = {name: {k: torch.cat(v).mean().item() for k, v in row.items()} for name, row in values.items()}
+    weights = "EMA" if cfg.ema else "raw"
+    print(f"one-step prediction of the clean latent, {len(subset)} {cfg.split} pairs, {gen.method} "
+          f"({gen.checkpoint}, {weights} weights, prediction {getattr(gen.process, 'prediction', 'velocity')}):")
+    print_table(rows, ONE_STEP_COLUMNS)
+    norms = embedding_norms(gen, torch.cat(fusions) if fusions else None)
+    print("RMS of the embedding terms the ResBlocks receive: " + ", ".join(f"{k} {v:.3f}" for k, v in norms.items()))
+    return write_json({"one_step": rows, "embedding_rms": norms, "config": dataclasses.asdict(cfg)}, cfg)
+
+
 # ----------------------------------------------------------------------------- table and CLI
 
 # (key in a row, header, format); extend this list (or pass columns=) for new metrics
@@ -737,7 +1169,7 @@ def score_retrieval(ckpt_path, root, split="test", batch_size=64, device="auto")
 
 def print_table(rows: dict, columns=None, file=None) -> None:
     """Print {row name: metrics dict} as a fixed-width table; columns no row has are skipped."""
-    retrieval = columns is RETRIEVAL_COLUMNS
+    retrieval, one_step = columns is RETRIEVAL_COLUMNS, columns is ONE_STEP_COLUMNS
     columns = [c for c in (columns or TABLE_COLUMNS) if any(c[0] in row for row in rows.values())]
     cells = [["", *[header for _, header, _ in columns]]]
     for name, row in rows.items():
@@ -748,6 +1180,9 @@ def print_table(rows: dict, columns=None, file=None) -> None:
               file=file)
     if retrieval:
         print("higher is better: R@k; lower is better: average rank (1 is perfect)", file=file)
+    elif one_step:
+        print("higher is better: SSIM; lower is better: latent RMSE (unit-variance latents: predicting "
+              "zeros scores about 1)", file=file)
     else:
         print("higher is better: SSIM, PSNR (dB); lower is better: LPIPS, FID; sharpness: 1.0 is as "
               "sharp as the real photos (Laplacian variance), below 1 is blurrier", file=file)
@@ -833,6 +1268,10 @@ def score_plan(plan: Plan, cfg: EvalConfig, metrics: Metrics, ref_stats) -> dict
 
 def run(cfg: EvalConfig) -> dict:
     """Score what the config names, print notes and the table, write the JSON; returns the JSON dict."""
+    if cfg.sweep:
+        return run_sweep(cfg)
+    if cfg.one_step is not None:
+        return run_one_step(cfg)
     if cfg.fusion_ckpt is not None:
         if cfg.data is None:
             raise ValueError("--fusion-ckpt needs --data ROOT (the dataset whose test pairs are ranked)")

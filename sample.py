@@ -1,8 +1,8 @@
 """Generation with honest timing: test pairs to a folder, a fair speed benchmark, streaming.
 
-A trained FPDM or RPFM checkpoint (written by train.py; it carries its VAE and, for FPDM, its
-fusion model) draws the person of each source image in each target pose. Generation has three
-parts, timed separately because they scale differently:
+A trained FPDM, RPFM or reflow-student checkpoint (written by train.py; it carries its VAE and, for
+FPDM, its fusion model) draws the person of each source image in each target pose. Generation has
+three parts, timed separately because they scale differently:
 
   1. source encoding: the source tokens (and FPDM's fusion embedding), once per source;
   2. the sampling loop: steps x guidance branches evaluations of the UNet (the NFE);
@@ -11,18 +11,25 @@ parts, timed separately because they scale differently:
 Timing is honest: warm-up batches are excluded, CUDA is synchronised before every clock read,
 and the NFE is counted by wrapping the model, not computed from a formula. Each process samples
 at its release settings unless a flag says otherwise: FPDM DDPM 20 steps, RPFM Euler 10 steps,
-both with guidance weight 2 (w_src = w_fus: two branches, so 40 and 20 NFE per image).
+both with guidance weight 2 (w_src = w_fus: two branches, so 40 and 20 NFE per image); RPFM's
+reflow student Euler 2 steps with its guidance baked in (one branch: NFE 2).
 
 The benchmark times fixed settings, so no default decides the comparison: FPDM's release row
-first, FPDM with DDIM 50 (the setting of CFLD-style samplers), and FPDM and RPFM at equal NFE,
-which run the same UNet equally often: there the times differ only by what each method adds.
+first, FPDM with DDIM 50 (the setting of CFLD-style samplers), FPDM and RPFM at equal NFE (they run
+the same UNet equally often: there the times differ only by what each method adds), and the
+reflow student at 2 and 1 steps; it prints FPDM's release time over the fastest RPFM row.
+
+Streaming draws one frame per pose as a live system would: the source encoded once, ONE noise for
+every frame (so the person does not change from frame to frame), each frame timed from keypoints to
+image (pose drawing, sampling loop, VAE decoding), and a flicker figure: the mean change between
+consecutive output frames beside that between consecutive pose maps.
 
 Run:
   python sample.py                        # newest finished runs/tiny/{fpdm,rpfm}.pt -> runs/samples/<method>/
   python evaluate.py                      # then: score that folder (it finds it)
   python sample.py --ckpt runs/tiny/rpfm.pt --limit 64 --steps 4
   python sample.py --benchmark --preset tiny                 # FPDM vs RPFM speed, random weights
-  python sample.py --ckpt runs/tiny/rpfm.pt --source IMG --poses poses.csv   # streaming -> GIF
+  python sample.py --ckpt runs/tiny/reflow.pt --source IMG --poses poses.csv   # streaming -> GIF
 
 Papers: FPDM (Lee et al., arXiv 2412.07333), RPFM (Jeong et al., arXiv 2505.03562), flow
 matching (Lipman et al., arXiv 2210.02747), DDIM (Song et al., arXiv 2010.02502).
@@ -53,7 +60,7 @@ from pipeline import Generator, Sampling
 
 @dataclass
 class SampleConfig:
-    ckpt: str = option("", "an fpdm or rpfm checkpoint written by train.py; empty: the newest "
+    ckpt: str = option("", "an fpdm, rpfm or reflow checkpoint written by train.py; empty: the newest "
                            "finished one in <runs>/<preset>/")
     runs: str = option("runs", "train.py's runs folder: checkpoints in <runs>/<preset>/, "
                                "samples written to <runs>/samples/<method>/")
@@ -63,10 +70,12 @@ class SampleConfig:
     split: str = option("test", "which pairs to generate", choices=("train", "test"))
     out: str = option("", "output folder; empty: <runs>/samples/<method>")
     limit: int = option(0, "generate only the first N pairs (0: all)")
-    steps: int = option(0, "sampling steps; 0: the process's default (fpdm: DDPM 20, rpfm: Euler 10)")
+    steps: int = option(0, "sampling steps; 0: the process's default (fpdm: DDPM 20, rpfm: Euler 10, "
+                           "reflow: Euler 2)")
     sampler: str = option("", "fpdm sampler: ddpm or ddim (empty: ddpm, FPDM's release)")
-    solver: str = option("", "rpfm ODE solver: euler, midpoint or heun (empty: euler)")
-    w_src: float = option(None, "guidance weight of pose + source tokens (default: the process's, 2.0)")
+    solver: str = option("", "rpfm / reflow ODE solver: euler, midpoint or heun (empty: euler)")
+    w_src: float = option(None, "guidance weight of pose + source tokens (default: the process's, 2.0; "
+                                "reflow 1.0, its guidance is baked in)")
     w_fus: float = option(None, "guidance weight of the fusion embedding, fpdm (default: the "
                                 "process's, 2.0); equal to --w-src it is plain CFG: 2 branches, not 3")
     batch_size: int = option(16, "images generated at once")
@@ -77,7 +86,8 @@ class SampleConfig:
                                     "on any device; fp32", choices=pipeline.PRECISIONS)
     compile: bool = option(False, "torch.compile the UNet (CUDA; the first batches compile)")
     warmup: int = option(2, "untimed warm-up batches before any clock is read")
-    benchmark: bool = option(False, "time random-init FPDM and RPFM at fixed settings, no checkpoint")
+    benchmark: bool = option(False, "time random-init FPDM, RPFM and the reflow student at fixed "
+                                    "settings, no checkpoint")
     repeats: int = option(5, "timed batches per row in --benchmark")
     source: str = option("", "streaming: one source photo")
     poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
@@ -131,13 +141,14 @@ def sync(device):
 
 @torch.no_grad()
 def generate(gen: Generator, source, pose, sampling: Sampling, timer: PhaseTimer, precision: str,
-             tokens=None):
-    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE."""
+             tokens=None, noise=None):
+    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE.
+    tokens: the source already encoded (streaming); noise (B, C, h, w): None draws it here."""
     counter = CountingModel(gen.unet, source.shape[0])
     with pipeline.autocast_for(precision, source.device):
         with timer("source encoding"):
             cond = pipeline.build_cond(gen.unet, gen.fusion, source, pose, tokens)
-        noise = gen.noise(source.shape[0], source.device)  # (B, 4, h, w)
+        noise = gen.noise(source.shape[0], source.device) if noise is None else noise  # (B, 4, h, w)
         with timer("sampling loop"):
             z = pipeline.sample_latents(gen.process, counter, noise, cond, sampling.steps,
                                         sampling.w_src, sampling.w_fus, sampling.sampler)
@@ -187,7 +198,7 @@ def find_checkpoint(cfg: SampleConfig) -> str:
     folder = Path(cfg.runs) / cfg.preset
     path = pipeline.newest_checkpoint(folder)
     if path is None:
-        raise FileNotFoundError(f"no fpdm.pt or rpfm.pt in {folder}/: run `python train.py --method "
+        raise FileNotFoundError(f"no fpdm.pt, rpfm.pt or reflow.pt in {folder}/: run `python train.py --method "
                                 f"rpfm` first (or `python sample.py --benchmark`, which needs none)")
     print(f"sample.py: using {path}, the newest finished checkpoint in {folder}/ (--ckpt picks another)")
     return str(path)
@@ -197,7 +208,7 @@ def sampling_from_flags(gen: Generator, cfg: SampleConfig) -> Sampling:
     """The flags over the process's release defaults; the other method's sampler flag is an error."""
     mine, other = ("sampler", "solver") if gen.method == "fpdm" else ("solver", "sampler")
     if getattr(cfg, other):
-        raise ValueError(f"--{other} is for {'rpfm' if other == 'solver' else 'fpdm'} checkpoints; "
+        raise ValueError(f"--{other} is for {'rpfm and reflow' if other == 'solver' else 'fpdm'} checkpoints; "
                          f"this {gen.method} checkpoint takes --{mine}")
     return pipeline.sampling_for(gen.process, cfg.steps, getattr(cfg, mine), cfg.w_src, cfg.w_fus)
 
@@ -293,15 +304,19 @@ def grid_rows(batch, images, n: int = 8):
 # ----------------------------------------------------------------------------------------------
 
 BENCHMARK_W = 2.0  # FPDM's and RPFM's release guidance weight, w_src = w_fus: two branches
-# (label, method, sampler, steps). FPDM's release first; DDIM 50 is the CFLD / X-MDPT-style
-# setting; the last two rows have equal NFE (20): the same UNet runs equally often, so their
+# (label, method, sampler, steps, w). FPDM's release first; DDIM 50 is the CFLD / X-MDPT-style
+# setting; the next two rows have equal NFE (20): the same UNet runs equally often, so their
 # times differ only by what the method adds around it (FPDM's fusion embedding), not by steps.
+# Last, RPFM's reflow student (the same UNet; guidance baked in, so w 1: one branch, NFE = steps).
 BENCHMARK_ROWS = (
-    ("FPDM release", "fpdm", "ddpm", 20),
-    ("FPDM DDIM 50", "fpdm", "ddim", 50),
-    ("FPDM at RPFM's NFE", "fpdm", "ddim", 10),
-    ("RPFM default", "rpfm", "euler", 10),
+    ("FPDM release", "fpdm", "ddpm", 20, BENCHMARK_W),
+    ("FPDM DDIM 50", "fpdm", "ddim", 50, BENCHMARK_W),
+    ("FPDM at RPFM's NFE", "fpdm", "ddim", 10, BENCHMARK_W),
+    ("RPFM default", "rpfm", "euler", 10, BENCHMARK_W),
+    ("RPFM reflow, 2 steps", "reflow", "euler", 2, 1.0),
+    ("RPFM reflow, 1 step", "reflow", "euler", 1, 1.0),
 )
+BENCHMARK_REFERENCE = "RPFM default"
 
 
 def benchmark_inputs(gen: Generator, batch: int, seed: int, device):
@@ -319,8 +334,7 @@ def benchmark(cfg: SampleConfig, device):
         gens[method] = Generator.random_init(method, cfg.preset, device)
         maybe_compile(gens[method], cfg, device)
     source, pose = benchmark_inputs(gens["fpdm"], cfg.batch_size, cfg.seed, device)
-    rows = [(label, gens[m], Sampling(steps, sampler, BENCHMARK_W, BENCHMARK_W))
-            for label, m, sampler, steps in BENCHMARK_ROWS]
+    rows = [(label, gens[m], Sampling(steps, sampler, w, w)) for label, m, sampler, steps, w in BENCHMARK_ROWS]
     for _, gen, sampling in rows:
         for _ in range(cfg.warmup):
             generate(gen, source, pose, sampling, PhaseTimer(device), cfg.precision)
@@ -340,15 +354,23 @@ def benchmark(cfg: SampleConfig, device):
 
 
 def print_ratios(rows: list[dict], preset: str):
-    """Each row's time per image over RPFM's default row, all measured in this one run."""
-    base = rows[-1]
-    ratios = {r["label"]: r["ms_per_image"] / base["ms_per_image"] for r in rows[:-1]}
-    for r in rows[:-1]:
-        print(f"{r['label']} ({r['nfe']:.0f} NFE) takes {ratios[r['label']]:.2f}x the time per image of "
-              f"{base['label']} ({base['nfe']:.0f} NFE)")
+    """Each row's time per image over RPFM's default row, and FPDM's release over the fastest RPFM
+    row, all measured in this one run."""
+    base = next(r for r in rows if r["label"] == BENCHMARK_REFERENCE)
+    ratios = {r["label"]: r["ms_per_image"] / base["ms_per_image"] for r in rows if r is not base}
+    for r in rows:
+        if r is not base:
+            print(f"{r['label']} ({r['nfe']:.0f} NFE) takes {ratios[r['label']]:.2f}x the time per image of "
+                  f"{base['label']} ({base['nfe']:.0f} NFE)")
     print("at equal NFE the two methods run the same UNet equally often: the ratio there is what "
           "the method costs, the others add what the step count costs")
-    print(json.dumps({"preset": preset, "reference": base["label"], "time_ratio": ratios}))
+    release = rows[0]
+    fastest = min((r for r in rows if r["method"] != "fpdm"), key=lambda r: r["ms_per_image"])
+    speedup = release["ms_per_image"] / fastest["ms_per_image"]
+    print(f"{release['label']} takes {speedup:.1f}x the time per image of the fastest RPFM row, "
+          f"{fastest['label']} (random weights: speed only; the sweep in evaluate.py measures quality)")
+    print(json.dumps({"preset": preset, "reference": base["label"], "time_ratio": ratios,
+                      "fpdm_release_over_fastest_rpfm": speedup, "fastest_rpfm": fastest["label"]}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,6 +419,11 @@ def load_source(path: str, size: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def stream(cfg: SampleConfig, device):
+    """One source, a pose per frame, a frame per pose: the live use (sign language, AR/VR, streaming).
+
+    Each frame is timed as a live system would see it, from keypoints to image: drawing the pose
+    map, the sampling loop and VAE decoding (the source is encoded once, before the first frame).
+    """
     gen = Generator.from_checkpoint(find_checkpoint(cfg), cfg.ema, device)
     sampling = sampling_from_flags(gen, cfg)
     maybe_compile(gen, cfg, device)
@@ -406,18 +433,54 @@ def stream(cfg: SampleConfig, device):
     encode = PhaseTimer(device)
     with encode("source encoding"):
         tokens = gen.unet.encode_source(source)  # (1, N, D): once for the whole stream
-    pose_maps = [pose_tensor(kp, gen.image_size, frame_hw, device) for kp in frames]
+    # note: ONE noise for every frame. The noise picks which of the many plausible images is drawn
+    # (which folds, which shade); fresh noise per frame would draw another one each time and the
+    # person would shimmer even while the pose stands still. Reseeding before each frame also fixes
+    # DDPM's per-step noise, so identical poses give identical frames.
+    noise = gen.noise(1, "cpu", torch.Generator().manual_seed(cfg.seed)).to(device)  # (1, C, h, w)
+    live = Live(gen, source, tokens, noise, frame_hw, sampling, cfg.precision, cfg.seed)
     for _ in range(cfg.warmup):
-        generate(gen, source, pose_maps[0], sampling, PhaseTimer(device), cfg.precision, tokens)
-    out_frames, latencies, nfe = [], [], 0.0
-    for pose in data.progress(pose_maps, desc="[stream] frames"):
+        live.frame(frames[0], PhaseTimer(device))
+    images, poses, latencies, nfe = [], [], [], 0.0
+    for kp in data.progress(frames, desc="[stream] frames"):
         timer = PhaseTimer(device)
-        image, nfe = generate(gen, source, pose, sampling, timer, cfg.precision, tokens)
+        image, pose, nfe = live.frame(kp, timer)
         latencies.append(sum(timer.seconds.values()))
-        pair = torch.cat([image[0].cpu(), pose[0, :3].cpu() * 2 - 1], 2)  # (3, H, 2W): generated | pose
-        out_frames.append(data.tensor_to_pil(pair))
-    write_gif(out_frames, cfg, gen)
-    report_stream(latencies, encode.seconds["source encoding"], nfe, gen, sampling, device)
+        images.append(image[0].float().cpu())  # (3, H, W) in [-1, 1]
+        poses.append(pose[0, :3].float().cpu())  # (3, H, W) in [0, 1]
+    write_gif(images, poses, cfg, gen)
+    report_stream(latencies, encode.seconds["source encoding"], nfe, gen, sampling, device, flicker(images, poses))
+
+
+@dataclass
+class Live:
+    """What stays fixed during a stream: the model, the encoded source, the noise, the settings."""
+    gen: Generator
+    source: torch.Tensor   # (1, 3, H, W)
+    tokens: torch.Tensor   # (1, N, D)
+    noise: torch.Tensor    # (1, C, h, w)
+    frame_hw: tuple        # the keypoints' frame
+    sampling: Sampling
+    precision: str
+    seed: int
+
+    def frame(self, keypoints, timer: PhaseTimer):
+        """(image (1, 3, H, W), pose map (1, P, H, W), NFE) of one frame, its phases added to `timer`."""
+        with timer("pose drawing"):
+            pose = pose_tensor(keypoints, self.gen.image_size, self.frame_hw, self.source.device)  # (1, 3, H, W)
+        torch.manual_seed(self.seed)  # the same DDPM step noise for every frame (see `stream`)
+        image, nfe = generate(self.gen, self.source, pose, self.sampling, timer, self.precision, self.tokens,
+                              self.noise)
+        return image, pose, nfe
+
+
+def flicker(images: list, poses: list) -> dict:
+    """Mean absolute change between consecutive frames, of the output and of the pose maps (both on a
+    [0, 1] scale): output change well above the pose's change is flicker the pose does not explain."""
+    def change(frames):
+        return float(np.mean([(b - a).abs().mean().item() for a, b in zip(frames, frames[1:])])) if len(
+            frames) > 1 else 0.0
+    return {"output_change": change([(x + 1) / 2 for x in images]), "pose_change": change(poses)}
 
 
 def pose_tensor(kp, size: int, frame_hw, device) -> torch.Tensor:
@@ -425,25 +488,29 @@ def pose_tensor(kp, size: int, frame_hw, device) -> torch.Tensor:
     return torch.from_numpy(pose).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)  # (1, 3, H, W)
 
 
-def write_gif(frames, cfg: SampleConfig, gen: Generator):
+def write_gif(images, poses, cfg: SampleConfig, gen: Generator):
+    """stream.gif: each frame is generated | pose map, side by side."""
     out = Path(cfg.out or Path(cfg.runs) / "samples" / f"{gen.method}_stream")
     out.mkdir(parents=True, exist_ok=True)
+    frames = [data.tensor_to_pil(torch.cat([img, pose * 2 - 1], 2)) for img, pose in zip(images, poses)]  # (3, H, 2W)
     frames[0].save(out / "stream.gif", save_all=True, append_images=frames[1:],
                    duration=int(1000 / cfg.fps), loop=0)
     print(f"[stream] wrote {len(frames)} frames (generated | pose) to {out / 'stream.gif'}")
 
 
-def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device):
+def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device, change: dict):
     ms = 1000 * np.asarray(latencies)
     row = {"method": gen.method, "mode": "stream", **dataclasses.asdict(sampling), "frames": len(ms),
            "ms_per_frame": float(ms.mean()), "ms_per_frame_max": float(ms.max()),
            "frames_per_s": float(1000 / ms.mean()), "ms_source_once": 1000 * encode_s,
-           "nfe": nfe, "device": device_name(device),
+           "nfe": nfe, "device": device_name(device), **change,
            # the same keys as the other modes, so one parser reads every line
            "ms_per_image": float(ms.mean()), "images_per_s": float(1000 / ms.mean())}
     print(f"[stream] {row['frames']} frames: {row['ms_per_frame']:.1f} ms/frame mean "
-          f"({row['ms_per_frame_max']:.1f} max), {row['frames_per_s']:.2f} frames/s, "
-          f"source encoded once in {row['ms_source_once']:.1f} ms, NFE {nfe:.0f}")
+          f"({row['ms_per_frame_max']:.1f} max; pose drawing, sampling and VAE decoding), "
+          f"{row['frames_per_s']:.2f} frames/s, source encoded once in {row['ms_source_once']:.1f} ms, NFE {nfe:.0f}")
+    print(f"[stream] change between consecutive frames (mean abs, 0-1 scale): output {change['output_change']:.4f}, "
+          f"pose map {change['pose_change']:.4f}")
     print(json.dumps(row))
 
 
@@ -454,7 +521,8 @@ def parse_config(argv=None) -> SampleConfig:
     if cfg.benchmark and given & set(SAMPLING_FLAGS):
         flags = ", ".join("--" + f.replace("_", "-") for f in SAMPLING_FLAGS if f in given)
         raise ValueError(f"--benchmark times fixed settings (FPDM DDPM 20, DDIM 50, DDIM 10; RPFM "
-                         f"Euler 10; w = {BENCHMARK_W:g}) so that no flag biases it; drop {flags}")
+                         f"Euler 10; w = {BENCHMARK_W:g}; the reflow student Euler 2 and 1) so that no "
+                         f"flag biases it; drop {flags}")
     if bool(cfg.source) != bool(cfg.poses):
         raise ValueError("streaming needs both --source IMG and --poses FILE")
     return cfg

@@ -326,3 +326,21 @@ def test_explicit_baselines_are_scored_on_the_generated_pairs(tiny_root, tmp_pat
         p.name for p in (tmp_path / "gen").iterdir())).read_bytes())
     with pytest.raises(ValueError, match="name no test pair"):
         evaluate.pairs_named_by(sorted((tmp_path / "gen").iterdir()), tiny_root, "test")
+
+
+@pytest.mark.parametrize("method", ["fpdm", "rpfm"])
+def test_one_step_diagnostic_rows_for_both_processes(ckpts, tmp_path, method, capsys):
+    """--one-step: a row per noise level (and FPDM's sampler start), SSIM in [0, 1], and the zero-latent
+    baseline whose RMS error is the latents' own RMS (about 1 after the VAE's scaling)."""
+    result = evaluate.main(["--one-step", str(ckpts / f"{method}.pt"), "--limit", "4", "--out",
+                            str(tmp_path / "one.json")])
+    rows = result["one_step"]
+    levels = [name for name in rows if name.startswith("level ")]
+    assert len(levels) == len(evaluate.ONE_STEP_LEVELS)
+    assert ("pure noise at the sampler's first step" in rows) == (method == "fpdm")
+    for row in rows.values():
+        assert all(-1 <= row[f"ssim_w{w:g}"] <= 1 for w in evaluate.ONE_STEP_W)
+    zero = rows["baseline: predict the zero latent"]
+    assert zero["rmse_w1"] == zero["rmse_w2"] and 0.3 < zero["rmse_w1"] < 3
+    assert ("fusion" in result["embedding_rms"]) == (method == "fpdm")
+    assert "latent RMSE w 1" in capsys.readouterr().out

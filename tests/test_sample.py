@@ -81,14 +81,19 @@ def test_benchmark_rows_fpdm_release_first_and_equal_nfe_pair(capsys):
     lines = json_lines(capsys.readouterr().out)
     rows, summary = lines[:-1], lines[-1]
     got = [(r["method"], r["sampler"], r["steps"], r["nfe"], r["w_src"], r["w_fus"]) for r in rows]
-    assert got == [("fpdm", "ddpm", 20, 40, 2.0, 2.0),   # FPDM's release, first
-                   ("fpdm", "ddim", 50, 100, 2.0, 2.0),  # CFLD-style DDIM 50
-                   ("fpdm", "ddim", 10, 20, 2.0, 2.0),   # equal NFE ...
-                   ("rpfm", "euler", 10, 20, 2.0, 2.0)]  # ... to RPFM's default
+    assert got == [("fpdm", "ddpm", 20, 40, 2.0, 2.0),    # FPDM's release, first
+                   ("fpdm", "ddim", 50, 100, 2.0, 2.0),   # CFLD-style DDIM 50
+                   ("fpdm", "ddim", 10, 20, 2.0, 2.0),    # equal NFE ...
+                   ("rpfm", "euler", 10, 20, 2.0, 2.0),   # ... to RPFM's default
+                   ("reflow", "euler", 2, 2, 1.0, 1.0),   # the student: guidance baked in, NFE = steps
+                   ("reflow", "euler", 1, 1, 1.0, 1.0)]
     assert all({"ms_per_image", "images_per_s", "batch", "device"} <= set(r) for r in rows)
     assert len({(r["batch"], r["image_size"], r["device"]) for r in rows}) == 1  # one setting for all
     assert summary["reference"] == "RPFM default"
-    assert set(summary["time_ratio"]) == {r["label"] for r in rows[:-1]}  # ratios within this one run
+    assert set(summary["time_ratio"]) == {r["label"] for r in rows} - {"RPFM default"}  # within this one run
+    fastest = min((r for r in rows if r["method"] != "fpdm"), key=lambda r: r["ms_per_image"])
+    assert summary["fastest_rpfm"] == fastest["label"]
+    assert summary["fpdm_release_over_fastest_rpfm"] == pytest.approx(rows[0]["ms_per_image"] / fastest["ms_per_image"])
 
 
 def write_pose_csv(path, rows):
@@ -107,6 +112,26 @@ def test_streaming_three_frames_to_a_gif(ckpts, tiny_root, tmp_path, capsys):
     row = json_lines(capsys.readouterr().out)[-1]
     assert row["mode"] == "stream" and row["frames"] == 3 and row["frames_per_s"] > 0
     assert row["nfe"] == 2 * 2
+    assert row["output_change"] > 0 and row["pose_change"] > 0  # three different poses
+
+
+@pytest.mark.parametrize("method", ["rpfm", "fpdm"])
+def test_streaming_identical_poses_gives_identical_frames(ckpts, tiny_root, tmp_path, capsys, method):
+    """One noise for the whole stream (and the same DDPM step noise): a still pose is a still image."""
+    keypoints = next(iter(data.load_annotations(tiny_root, "test").values()))  # (18, 2)
+    poses = write_pose_csv(tmp_path / "still.csv", [keypoints.reshape(-1).tolist()] * 3)
+    source = next((tiny_root / "test_highres").iterdir())
+    sample.main(["--ckpt", str(ckpts / f"{method}.pt"), "--source", str(source), "--poses", str(poses),
+                 "--out", str(tmp_path / "still"), "--steps", "3", "--warmup", "0"])
+    row = json_lines(capsys.readouterr().out)[-1]
+    assert row["output_change"] == 0.0 and row["pose_change"] == 0.0
+    gif = Image.open(tmp_path / "still" / "stream.gif")
+    frames, duration = [], 0
+    for i in range(gif.n_frames):  # note: PIL stores identical frames once, their durations summed
+        gif.seek(i)
+        frames.append(gif.convert("RGB").tobytes())
+        duration += gif.info["duration"]
+    assert len(set(frames)) == 1 and duration == 3 * 100  # three frames at the default 10 frames/s
 
 
 def expect_one_line_error(argv, expected):

@@ -1,0 +1,114 @@
+"""Tests of evaluate.py --sweep (RPFM against FPDM, quality against time): the points of the issue,
+one CSV row per point with every column, the NFE counted by wrapping the UNet, the plot and the grid,
+and the printed frontier and headline. Timings are never asserted: only that they are there.
+
+    python -m pytest -q tests/test_sweep.py
+"""
+import csv
+import shutil
+
+import pytest
+
+import evaluate
+import train
+from conftest import TRAIN_FAST
+from pipeline import Sampling
+
+W = evaluate.SWEEP_W
+# a short sweep over the tiny checkpoints: each sampler family once, and the NFE each must count
+# (steps x evaluations per step x guidance branches; RPFM has no fusion input, so w 2 is 2 branches)
+SHORT = {
+    ("rpfm", Sampling(1, "euler", W, W)): 2,
+    ("rpfm", Sampling(4, "euler", W, W)): 8,
+    ("rpfm", Sampling(4, "euler", 1.0, 1.0)): 4,   # no guidance: one branch
+    ("rpfm", Sampling(4, "heun", W, W)): 16,       # two evaluations per step
+    evaluate.FPDM_RELEASE: 40,                      # DDPM 20, w_src = w_fus: plain CFG, 2 branches
+    ("fpdm", Sampling(5, "ddim", W, W)): 10,
+    ("reflow", Sampling(2, "euler", 1.0, 1.0)): 2,  # the student: guidance baked in, NFE = steps
+}
+
+
+@pytest.fixture(scope="module")
+def student(ckpts, tiny_root, tmp_path_factory):
+    """A reflow student of the tiny RPFM checkpoint (its teacher, reused): 4 couplings, 2 steps."""
+    out = tmp_path_factory.mktemp("reflow")
+    for name in ("vae.pt", "rpfm.pt"):
+        shutil.copy(ckpts / name, out / name)
+    train.run(train.parse_config(["--method", "reflow", "--data", str(tiny_root), "--out", str(out), *TRAIN_FAST,
+                                  "--reflow-pairs", "4", "--coupling-steps", "2", "--teacher-steps", "2"]))
+    return out / "reflow.pt"
+
+
+def test_default_points_are_the_issue_s():
+    guided = [("rpfm", "euler", n, W) for n in (1, 2, 4, 8, 16, 32)] + [("rpfm", "heun", n, W) for n in (2, 4, 8)]
+    unguided = [("rpfm", "euler", n, 1.0) for n in (1, 2, 4, 8, 16, 32)]
+    fpdm = [("fpdm", "ddpm", 20, W)] + [("fpdm", "ddim", n, W) for n in (5, 10, 20, 50)]
+    student = [("reflow", "euler", n, 1.0) for n in (1, 2, 4)]  # guidance baked in: one branch
+    points = [(m, s.sampler, s.steps, s.w_src) for m, s in evaluate.SWEEP_POINTS]
+    assert sorted(points) == sorted(guided + unguided + fpdm + student) and len(set(points)) == 23
+    assert all(s.w_src == s.w_fus for _, s in evaluate.SWEEP_POINTS) and W == 2.0
+    assert [(m, s.sampler, s.steps) for m, s in evaluate.GRID_POINTS] == [
+        ("rpfm", "euler", 1), ("rpfm", "euler", 2), ("rpfm", "euler", 4), ("rpfm", "euler", 10),
+        ("reflow", "euler", 1), ("reflow", "euler", 2), ("fpdm", "ddpm", 20)]
+
+
+def _row(method, sampler, steps, w, ms, ssim):
+    return {"method": method, "sampler": sampler, "steps": steps, "w_src": w, "w_fus": w, "nfe": 2 * steps,
+            "ms_per_image": ms, "ssim": ssim, "psnr": 20.0, "sharpness": 1.0}
+
+
+def test_frontier_and_headline_from_known_rows():
+    rows = [_row("fpdm", "ddpm", 20, 2.0, 100.0, 0.700), _row("fpdm", "ddim", 5, 2.0, 30.0, 0.650),
+            _row("rpfm", "euler", 1, 2.0, 5.0, 0.640), _row("rpfm", "euler", 2, 2.0, 10.0, 0.660),
+            _row("rpfm", "euler", 4, 2.0, 20.0, 0.695), _row("rpfm", "euler", 8, 2.0, 40.0, 0.705),
+            _row("rpfm", "euler", 16, 2.0, 80.0, 0.690), _row("rpfm", "euler", 1, 1.0, 2.5, 0.600),
+            _row("reflow", "euler", 1, 1.0, 2.0, 0.670), _row("reflow", "euler", 2, 1.0, 4.0, 0.692)]
+    frontier = evaluate.quality_frontier(rows)
+    assert [(r["method"], r["steps"], r["w_src"]) for r in frontier] == [
+        ("reflow", 1, 1.0), ("reflow", 2, 1.0), ("rpfm", 4, 2.0), ("rpfm", 8, 2.0)]
+    lines = evaluate.headline(rows)
+    assert "SSIM 0.7000 at 100.00 ms/image" in lines[0]
+    assert "rpfm euler 4 w2" in lines[1] and "time ratio 5.0x" in lines[1]  # 0.695 >= 0.700 - 0.01
+    assert "reflow euler 2 w1" in lines[2] and "time ratio 25.0x" in lines[2]  # 0.692: the student's 1 step is not
+    assert "falls apart at 2 steps" in lines[3]  # 0.660 < 0.705 - 0.02; 4 steps (0.695) holds
+    worse = [dict(r, ssim=0.5) if r["method"] == "rpfm" else r for r in rows]
+    assert "RPFM's fastest point within 0.01 SSIM of it: not reached (its best:" in evaluate.headline(worse)[1]
+
+
+def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, student, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))  # no LPIPS / FID weights: notes
+    monkeypatch.setattr(evaluate, "default_lpips_heads_path", lambda net: None)
+    monkeypatch.setattr(evaluate, "SWEEP_POINTS", tuple(SHORT))  # the default list is tested above
+    out = tmp_path / "sweep"
+    result = evaluate.main(["--sweep", "--rpfm-ckpt", str(ckpts / "rpfm.pt"), "--fpdm-ckpt",
+                            str(ckpts / "fpdm.pt"), "--reflow-ckpt", str(student), "--limit", "4",
+                            "--batch-size", "4", "--device", "cpu", "--sweep-out", str(out)])
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == evaluate.SWEEP_COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(SHORT) == len(result["rows"])
+    for row, ((method, s), nfe) in zip(rows, SHORT.items()):
+        assert (row["method"], row["sampler"], int(row["steps"])) == (method, s.sampler, s.steps)
+        assert float(row["w_src"]) == s.w_src and float(row["nfe"]) == nfe  # counted, not computed
+        assert int(row["pairs"]) == 4 and int(row["batch"]) == 4 and row["device"].startswith("cpu")
+        assert float(row["ms_per_image"]) > 0 and float(row["images_per_s"]) > 0
+        assert 0 < float(row["ssim"]) <= 1 and float(row["sharpness"]) > 0 and row["psnr"]
+        assert row["lpips"] == row["fid"] == ""  # their weights are absent: empty, not made up
+        assert row["checkpoint"].endswith(f"{method}.pt") and int(row["train_step"]) == 2
+    for name in ("quality_vs_time.png", "grid.png"):
+        assert (out / name).stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "| method | sampler |" in printed and "HEADLINE: FPDM release (fpdm ddpm 20 w2): SSIM" in printed
+    assert "HEADLINE: RPFM's fastest point within 0.01 SSIM of it:" in printed
+    assert "HEADLINE: the reflow student's fastest point within 0.01 SSIM of it:" in printed
+    assert "HEADLINE: RPFM guided Euler falls apart at" in printed
+    assert "baseline: copy source" in printed and "baseline: mean train image" in printed
+
+
+def test_sweep_refuses_swapped_checkpoints(ckpts, tmp_path):
+    cfg = evaluate.EvalConfig(sweep=True, rpfm_ckpt=str(ckpts / "fpdm.pt"), fpdm_ckpt=str(ckpts / "rpfm.pt"),
+                              device="cpu", sweep_out=str(tmp_path))
+    with pytest.raises(ValueError, match="holds a .rpfm. model, expected fpdm"):
+        evaluate.run_sweep(cfg)
