@@ -917,12 +917,13 @@ class _LogLines(tqdm):
         super().close()
 
 
-def progress(iterable=None, **tqdm_kwargs) -> tqdm:
-    """A tqdm bar on a terminal; in a file or CI log, plain lines: about one per 10 % of `total`.
+def progress(iterable=None, log_seconds: float = 5.0, **tqdm_kwargs) -> tqdm:
+    """A tqdm bar on a terminal; in a file or CI log, plain lines: the first, then about one per 10 %
+    of `total` but no more often than every `log_seconds`, and the last (a loop of a few seconds
+    writes two lines). Without a known total, one line every 30 s.
 
     note: tqdm redraws its bar with carriage returns many times a second; a log that is not a
     terminal keeps every frame (or shows each as a line), so a one-minute loop floods it.
-    Without a known total, one line every 30 s.
     """
     out = tqdm_kwargs.get("file") or sys.stderr
     if getattr(out, "isatty", lambda: False)():
@@ -931,7 +932,7 @@ def progress(iterable=None, **tqdm_kwargs) -> tqdm:
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     tqdm_kwargs.update(total=total, leave=False, dynamic_ncols=False,  # leave: close() prints the last line
-                       miniters=max(1, total // 10) if total else 1, mininterval=0.0 if total else 30.0,
+                       miniters=max(1, total // 10) if total else 1, mininterval=log_seconds if total else 30.0,
                        maxinterval=float("inf"),  # note: else tqdm's monitor thread resets miniters to 1
                        bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     return _LogLines(iterable, **tqdm_kwargs)

@@ -29,15 +29,17 @@ that t = 0 and t = 1 add no noise at all and only ~28 distinct noise levels rema
 the network would be told one t and trained on another.
 
 Why the tiny CPU preset predicts v, not FPDM's eps (train.py --prediction; GPU presets keep eps).
-With eps-prediction the network's x0 is (x_t - sqrt(1 - a) eps_hat) / sqrt(a): at t = 999,
-1 / sqrt(a) = 14.6, so an eps error is amplified 14.6x. The tiny UNet after 1,400 CPU steps has
-an eps error 4x that of the ideal predictor at t = 999 (MSE 0.017), its first x0 misses by 2.0 RMS
-on unit-variance latents, and the sampler never recovers: the latents end with std 1.36 instead of
-0.99 and decode to coloured noise (SSIM 0.23, below copying the source, 0.24), while the same
-network predicts a fair x0 from any single q_sample'd input. v = sqrt(a) eps - sqrt(1 - a) x0 reads
-x0 = sqrt(a) x_t - sqrt(1 - a) v: no amplification, and the same budget draws a person (SSIM 0.36).
-Fusion input, EMA and sampler were ruled out the same way; RESULTS.md has the measurements. On the
-GPU presets (SD's UNet, 100k+ steps) eps works as FPDM shows, so they keep the paper's objective.
+With eps-prediction the network's x0 is (x_t - sqrt(1 - a) eps_hat) / sqrt(a): an eps error is
+amplified by sqrt(1 - a) / sqrt(a), which is 14.6 at t = 999, 11.0 at step 951 where the 20-step
+sampler starts, and above 2 for 8 of its 20 steps. Measured at the main job's budget (`python
+evaluate.py --one-step CKPT`, 822 test pairs): the eps UNet predicts x0 as well as the v UNet at low
+noise (SSIM 0.73 at step 50, both), but from the sampler's first input (pure noise at step 951) its
+x0 misses by 1.45 RMS on unit-variance latents, worse than predicting zeros (1.09), where the v UNet
+misses by 0.52. Every later step starts from that wrong guess: its samples score SSIM 0.258, barely
+above copying the source (0.234), where v scores 0.352 and draws a person. v = sqrt(a) eps -
+sqrt(1 - a) x0 reads x0 = sqrt(a) x_t - sqrt(1 - a) v: no amplification. The fusion input, the EMA
+weights and the sampler were ruled out the same way (RESULTS.md, "Why FPDM drew noise"). On the GPU
+presets (SD's UNet, 100k+ steps) eps works, as FPDM shows, so they keep the paper's objective.
 
 This file holds no network code: it drives any callable `model(x_t, t, **cond)` whose `t` is a
 float tensor (B,) in [0, 1000] (here: the integer step as a float).

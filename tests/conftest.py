@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(2)
 
 # 32 px images (8x8 latents), batches of 4 and two steps per stage: seconds on 2 cores
-TRAIN_FAST = ["--image-size", "32", "--batch-size", "4", "--vae-batch-size", "4", "--num-workers", "0", "--vae-steps", "2",
-              "--fusion-steps", "2", "--steps", "2", "--grid-steps", "2", "--warmup", "1"]
+TRAIN_FAST = ["--image-size", "32", "--batch-size", "4", "--vae-batch-size", "4", "--num-workers", "0",
+              "--vae-steps", "2", "--fusion-steps", "2", "--steps", "2", "--grid-steps", "2", "--warmup", "1"]
 
 
 @pytest.fixture(scope="session")

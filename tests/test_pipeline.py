@@ -173,9 +173,9 @@ def test_two_floors_and_no_import_circle():
 
 def test_progress_writes_a_few_whole_lines_when_not_a_terminal(capsys):
     assert not sys.stderr.isatty()  # pytest captures stderr: what a log file or CI sees
-    for _ in data.progress(range(1000), desc="[test] loop"):
+    for _ in data.progress(range(1000), desc="[test] loop", log_seconds=0):
         pass
-    bar = data.progress(total=200, desc="[test] manual")
+    bar = data.progress(total=200, desc="[test] manual", log_seconds=0)
     for i in range(200):
         bar.update(1)
         bar.set_postfix(loss=i)  # tqdm redraws on each of these; a log gets no line from them
@@ -185,3 +185,6 @@ def test_progress_writes_a_few_whole_lines_when_not_a_terminal(capsys):
     lines = err.splitlines()
     assert 2 * 10 <= len(lines) <= 2 * 13  # about one line per 10 %, plus the start and the end
     assert lines[-1].startswith("[test] manual: 200/200")
+    for _ in data.progress(range(1000), desc="[test] quick"):  # seconds, not minutes: first and last line
+        pass
+    assert [line.split(":")[1].split()[0] for line in capsys.readouterr().err.splitlines()] == ["0/1000", "1000/1000"]

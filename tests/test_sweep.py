@@ -52,27 +52,31 @@ def test_default_points_are_the_issue_s():
         ("reflow", "euler", 1), ("reflow", "euler", 2), ("fpdm", "ddpm", 20)]
 
 
-def _row(method, sampler, steps, w, ms, ssim):
+def _row(method, sampler, steps, w, ms, ssim, sharpness=1.0):
     return {"method": method, "sampler": sampler, "steps": steps, "w_src": w, "w_fus": w, "nfe": 2 * steps,
-            "ms_per_image": ms, "ssim": ssim, "psnr": 20.0, "sharpness": 1.0}
+            "ms_per_image": ms, "ssim": ssim, "psnr": 20.0, "sharpness": sharpness}
 
 
 def test_frontier_and_headline_from_known_rows():
     rows = [_row("fpdm", "ddpm", 20, 2.0, 100.0, 0.700), _row("fpdm", "ddim", 5, 2.0, 30.0, 0.650),
-            _row("rpfm", "euler", 1, 2.0, 5.0, 0.640), _row("rpfm", "euler", 2, 2.0, 10.0, 0.660),
+            _row("rpfm", "euler", 1, 2.0, 5.0, 0.640, 0.5), _row("rpfm", "euler", 2, 2.0, 10.0, 0.660, 0.95),
             _row("rpfm", "euler", 4, 2.0, 20.0, 0.695), _row("rpfm", "euler", 8, 2.0, 40.0, 0.705),
-            _row("rpfm", "euler", 16, 2.0, 80.0, 0.690), _row("rpfm", "euler", 1, 1.0, 2.5, 0.600),
+            _row("rpfm", "euler", 16, 2.0, 80.0, 0.690), _row("rpfm", "euler", 1, 1.0, 2.5, 0.698, 0.4),
             _row("reflow", "euler", 1, 1.0, 2.0, 0.670), _row("reflow", "euler", 2, 1.0, 4.0, 0.692)]
     frontier = evaluate.quality_frontier(rows)
     assert [(r["method"], r["steps"], r["w_src"]) for r in frontier] == [
-        ("reflow", 1, 1.0), ("reflow", 2, 1.0), ("rpfm", 4, 2.0), ("rpfm", 8, 2.0)]
+        ("reflow", 1, 1.0), ("rpfm", 1, 1.0), ("rpfm", 8, 2.0)]
     lines = evaluate.headline(rows)
-    assert "SSIM 0.7000 at 100.00 ms/image" in lines[0]
-    assert "rpfm euler 4 w2" in lines[1] and "time ratio 5.0x" in lines[1]  # 0.695 >= 0.700 - 0.01
-    assert "reflow euler 2 w1" in lines[2] and "time ratio 25.0x" in lines[2]  # 0.692: the student's 1 step is not
-    assert "falls apart at 2 steps" in lines[3]  # 0.660 < 0.705 - 0.02; 4 steps (0.695) holds
+    assert "SSIM 0.7000, sharpness 1.000 at 100.00 ms/image" in lines[0]
+    # with the sharpness guard: the blurry unguided 1-step point (sharpness 0.4) does not count
+    assert "90% of its sharpness: rpfm euler 4 w2" in lines[1] and "time ratio 5.0x" in lines[1]
+    assert "SSIM alone: rpfm euler 1 w1" in lines[2] and "time ratio 40.0x" in lines[2]
+    assert "reflow euler 2 w1" in lines[3] and "time ratio 25.0x" in lines[3]  # 0.692; its 1 step (0.670) is not
+    assert "falls apart at 2 steps" in lines[5]  # 0.660 < 0.705 - 0.02; 4 steps (0.695) holds
+    assert "blurs at 1 steps and below: sharpness 0.500" in lines[6]  # under 90% of 16 steps' 1.0
     worse = [dict(r, ssim=0.5) if r["method"] == "rpfm" else r for r in rows]
-    assert "RPFM's fastest point within 0.01 SSIM of it: not reached (its best:" in evaluate.headline(worse)[1]
+    assert "RPFM's fastest point within 0.01 SSIM and 90% of its sharpness: not reached (its best SSIM:" in \
+        evaluate.headline(worse)[1]
 
 
 def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, student, tmp_path, monkeypatch,
@@ -101,9 +105,10 @@ def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, stude
         assert (out / name).stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| method | sampler |" in printed and "HEADLINE: FPDM release (fpdm ddpm 20 w2): SSIM" in printed
-    assert "HEADLINE: RPFM's fastest point within 0.01 SSIM of it:" in printed
-    assert "HEADLINE: the reflow student's fastest point within 0.01 SSIM of it:" in printed
-    assert "HEADLINE: RPFM guided Euler falls apart at" in printed
+    assert "HEADLINE: RPFM's fastest point within 0.01 SSIM and 90% of its sharpness:" in printed
+    assert "HEADLINE: RPFM's fastest point within 0.01 SSIM alone:" in printed
+    assert "HEADLINE: the reflow student's fastest point within 0.01 SSIM and 90% of its sharpness:" in printed
+    assert "HEADLINE: RPFM guided Euler falls apart at" in printed and "HEADLINE: RPFM guided Euler blurs at" in printed
     assert "baseline: copy source" in printed and "baseline: mean train image" in printed
 
 

@@ -223,12 +223,12 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert train.load_checkpoint(target)["step"] == 1  # the old file is intact
 
 
-@pytest.mark.parametrize("method", ["vae", "fusion", "fpdm", "rpfm"])
+@pytest.mark.parametrize("method", ["vae", "fusion", "fpdm", "rpfm", "reflow"])
 def test_one_training_step_of_each_method_under_cpu_bf16_autocast(method, tiny_root, tmp_path):
     """CPU bf16 autocast exercises the casts CUDA autocast does (no GPU has run this code)."""
     model = run_train(tiny_root, tmp_path, "--method", method, "--precision", "bf16",
                       "--steps", "1", "--vae-steps", "1", "--fusion-steps", "1", "--sample-every", "1",
-                      "--ckpt-every", "1")
+                      "--ckpt-every", "1", "--teacher-steps", "1", "--reflow-pairs", "4", "--coupling-steps", "1")
     ckpt = train.load_checkpoint(tmp_path / f"{method}.pt", method)
     assert ckpt["step"] == 1 and ckpt["config"]["train"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
