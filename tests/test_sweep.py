@@ -71,7 +71,7 @@ def test_frontier_and_headline_from_known_rows():
     # with the sharpness guard: the blurry unguided 1-step point (sharpness 0.4) does not count
     assert "90% of its sharpness: rpfm euler 4 w2" in lines[1] and "time ratio 5.0x" in lines[1]
     assert "SSIM alone: rpfm euler 1 w1" in lines[2] and "time ratio 40.0x" in lines[2]
-    assert "reflow euler 2 w1" in lines[3] and "time ratio 25.0x" in lines[3]  # 0.692; its 1 step (0.670) is not
+    assert "reflow euler 2 w1" in lines[3] and "time ratio 25.0x (NFE ratio" in lines[3]  # 0.692; its 1 step (0.670) is not
     assert "falls apart at 2 steps" in lines[5]  # 0.660 < 0.705 - 0.02; 4 steps (0.695) holds
     assert "blurs at 1 steps and below: sharpness 0.500" in lines[6]  # under 90% of 16 steps' 1.0
     worse = [dict(r, ssim=0.5) if r["method"] == "rpfm" else r for r in rows]
@@ -98,6 +98,8 @@ def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, stude
         assert float(row["w_src"]) == s.w_src and float(row["nfe"]) == nfe  # counted, not computed
         assert int(row["pairs"]) == 4 and int(row["batch"]) == 4 and row["device"].startswith("cpu")
         assert float(row["ms_per_image"]) > 0 and float(row["images_per_s"]) > 0
+        # one full batch of 4: the median over full batches is that batch, which is the total
+        assert float(row["ms_per_image"]) == pytest.approx(float(row["ms_per_image_total"]))
         assert 0 < float(row["ssim"]) <= 1 and float(row["sharpness"]) > 0 and row["psnr"]
         assert row["lpips"] == row["fid"] == ""  # their weights are absent: empty, not made up
         assert row["checkpoint"].endswith(f"{method}.pt") and int(row["train_step"]) == 2
