@@ -102,7 +102,8 @@ class TrainConfig:
                                            "the process/fusion 2x2)")
     fusion_loss: str = option("source_enhanced", "stage-1 InfoNCE variant; both (--method fusion only): "
                                                  "train each into <out>/fusion_<loss>/ and print FPDM's "
-                                                 "Table 2 for the two in one table",
+                                                 "Table 2 for the two in one table (use "
+                                                 "--fusion-steps 600: at 200 the two do not yet differ)",
                              choices=(*FUSION_LOSSES, "both"))
     steps: int = option(800, "optimiser steps of the method named by --method")
     vae_steps: int = option(500, "steps of the VAE stage when it is trained on the way")

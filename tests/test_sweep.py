@@ -8,6 +8,7 @@ import csv
 import shutil
 
 import pytest
+import torch
 
 import evaluate
 import train
@@ -98,8 +99,7 @@ def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, stude
         assert float(row["w_src"]) == s.w_src and float(row["nfe"]) == nfe  # counted, not computed
         assert int(row["pairs"]) == 4 and int(row["batch"]) == 4 and row["device"].startswith("cpu")
         assert float(row["ms_per_image"]) > 0 and float(row["images_per_s"]) > 0
-        # one full batch of 4: the median over full batches is that batch, which is the total
-        assert float(row["ms_per_image"]) == pytest.approx(float(row["ms_per_image_total"]))
+        assert float(row["ms_per_image_total"]) > 0  # the generation pass; ms_per_image: timed in turns
         assert 0 < float(row["ssim"]) <= 1 and float(row["sharpness"]) > 0 and row["psnr"]
         assert row["lpips"] == row["fid"] == ""  # their weights are absent: empty, not made up
         assert row["checkpoint"].endswith(f"{method}.pt") and int(row["train_step"]) == 2
@@ -112,6 +112,23 @@ def test_sweep_writes_rows_counts_nfe_plots_and_prints_the_headline(ckpts, stude
     assert "HEADLINE: the reflow student's fastest point within 0.01 SSIM and 90% of its sharpness:" in printed
     assert "HEADLINE: RPFM guided Euler falls apart at" in printed and "HEADLINE: RPFM guided Euler blurs at" in printed
     assert "baseline: copy source" in printed and "baseline: mean train image" in printed
+
+
+def test_timing_takes_the_points_in_turns(ckpts, monkeypatch):
+    """ms_per_image comes from rounds that visit every point once (a slow phase of a shared machine
+    then hits all points alike): the calls go point 1, 2, 3, point 1, 2, 3, ... with one warm-up round."""
+    points = [(m, s) for m, s in SHORT if m != "reflow"][:3] + [evaluate.FPDM_RELEASE]
+    cfg = evaluate.EvalConfig(rpfm_ckpt=str(ckpts / "rpfm.pt"), fpdm_ckpt=str(ckpts / "fpdm.pt"), limit=4,
+                              batch_size=4, device="cpu")
+    sweep = evaluate.open_sweep(cfg, {"rpfm": cfg.rpfm_ckpt, "fpdm": cfg.fpdm_ckpt}, torch.device("cpu"))
+    calls, real = [], evaluate.sample.generate
+    def recording(gen, source, pose, sampling, *args, **kwargs):
+        calls.append((gen.method, sampling, source.shape[0]))
+        return real(gen, source, pose, sampling, *args, **kwargs)
+    monkeypatch.setattr(evaluate.sample, "generate", recording)
+    times = evaluate.interleaved_times(sweep, points, cfg)
+    assert calls == [(m, s, 4) for _ in range(evaluate.TIMING_ROUNDS + 1) for m, s in points]
+    assert len(times) == len(points) and all(t > 0 for t in times)
 
 
 def test_sweep_refuses_swapped_checkpoints(ckpts, tmp_path):
