@@ -82,7 +82,6 @@ import importlib.util
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -102,6 +101,7 @@ import sample  # the sweep generates exactly as sample.py does (sample.py import
 from data import PairDataset, option, parse_size, progress, resize_for_eval
 from guidance import guided_output
 from pipeline import Generator, Sampling
+from unet import timestep_embedding
 
 DEFAULT_REFLOW_CKPT = "runs/tiny/reflow.pt"  # where `python train.py --method reflow` leaves it
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -805,9 +805,8 @@ FALLS_APART = 0.02   # "falls apart": an SSIM this far below RPFM's best guided 
 
 @dataclass
 class Sweep:
-    """What every point shares: the generators, their training steps, and the pairs at one photo size."""
+    """What every point shares: the generators and the pairs at one photo size."""
     gens: dict           # method -> Generator
-    train_steps: dict    # method -> optimiser steps of its checkpoint
     dataset: PairDataset
     pairs: list          # [(source name, target name)]: the first --limit pairs of the split
     size: tuple          # (H, W): the photos' size, where every point is scored
@@ -829,8 +828,7 @@ def sweep_methods(cfg: EvalConfig, points) -> tuple[dict, list]:
 
 def open_sweep(cfg: EvalConfig, paths: dict, device) -> Sweep:
     """Load the checkpoints the points need; they must share one dataset and one image size."""
-    train_steps = {m: pipeline.load_checkpoint(p, m)["step"] for m, p in paths.items()}  # wrong method: error
-    gens = {m: Generator.from_checkpoint(p, True, device) for m, p in paths.items()}
+    gens = {m: Generator.from_checkpoint(p, True, device, method=m) for m, p in paths.items()}  # swapped: error
     roots = {str(Path(cfg.data or g.data_root or data.ensure_benchmark(
         size=parse_size(g.bench_size, "bench_size"))).resolve()) for g in gens.values()}
     sizes = {g.image_size for g in gens.values()}
@@ -842,7 +840,7 @@ def open_sweep(cfg: EvalConfig, paths: dict, device) -> Sweep:
     if not pairs:
         raise ValueError(f"--sweep: split {cfg.split!r} of {dataset.root} has no pairs")
     size = parse_size(cfg.size) if cfg.size else sample.photo_size(dataset)
-    return Sweep(gens, train_steps, dataset, pairs, size, device)
+    return Sweep(gens, dataset, pairs, size, device)
 
 
 def point_batches(sweep: Sweep, gen: Generator, cfg: EvalConfig):
@@ -905,17 +903,18 @@ def point_label(method: str, s: Sampling) -> str:
 
 
 def sweep_point(sweep: Sweep, method: str, sampling: Sampling, metrics: Metrics, cfg: EvalConfig) -> dict:
-    """One CSV row: generate, time and score the sweep's pairs at one (method, sampling)."""
+    """One CSV row: generate, time and score the sweep's pairs at one (method, sampling). Its
+    ms_per_image comes later, from `interleaved_times`."""
     label = point_label(method, sampling)
     out = Path(cfg.sweep_out) / "images" / label.replace(" ", "_").replace("/", "-")
     files, ms_total, nfe = generate_point(sweep, method, sampling, cfg, out)
     real = [sweep.dataset.image_path(t) for _, t in sweep.pairs]
     scores = score_pairs(list(zip(files, real)), metrics, sweep.size, cfg.batch_size, desc=label)
     return {"method": method, **dataclasses.asdict(sampling), "nfe": nfe,
-            "ms_per_image": ms_total, "images_per_s": 1000 / ms_total, "ms_per_image_total": ms_total,
+            "ms_per_image_total": ms_total,
             "device": sample.device_name(sweep.device), "batch": cfg.batch_size, "pairs": len(files),
             **{k: scores[k] for k in ("ssim", "psnr", "sharpness", "lpips", "fid") if k in scores},
-            "checkpoint": sweep.gens[method].checkpoint, "train_step": sweep.train_steps[method],
+            "checkpoint": sweep.gens[method].checkpoint, "train_step": sweep.gens[method].step,
             "precision": cfg.precision}
 
 
@@ -1179,7 +1178,6 @@ def one_step_batch(gen: Generator, batch: dict, seed: int) -> dict:
 def embedding_norms(gen: Generator, fusion_embedding) -> dict:
     """RMS of what the time and the fusion embedding add to the UNet's embedding (their sum feeds
     every ResBlock): a fusion term far larger or smaller than the time term would drown or vanish."""
-    from unet import timestep_embedding  # the UNet's own time features
     t = torch.linspace(0, 1000, 64)  # (64,)
     rms = lambda e: e.pow(2).mean(1).sqrt().mean().item()  # noqa: E731
     norms = {"time": rms(gen.unet.time_mlp(timestep_embedding(t, gen.unet.config.model_channels)))}

@@ -273,6 +273,7 @@ class Generator:
     data_root: str = ""         # the dataset it was trained on ("" = the built-in benchmark)
     bench_size: str = "64x44"   # that benchmark's photo size
     checkpoint: str = ""        # the file it came from ("" = random weights)
+    step: int = 0               # the optimiser steps behind its weights (0 = random weights)
 
     @property
     def image_size(self) -> int:
@@ -283,9 +284,10 @@ class Generator:
         return torch.randn(batch, c, h, h, device=device, generator=generator)  # (B, 4, h, w)
 
     @classmethod
-    def from_checkpoint(cls, path, use_ema: bool = True, device="cpu") -> "Generator":
-        """A trained fpdm / rpfm / reflow file; its EMA weights by default (as DiT samples)."""
-        ckpt = load_checkpoint(path, LATENT_METHODS)
+    def from_checkpoint(cls, path, use_ema: bool = True, device="cpu", method=LATENT_METHODS) -> "Generator":
+        """A trained fpdm / rpfm / reflow file (`method`: the one(s) expected, else a ValueError); its
+        EMA weights by default (as DiT samples)."""
+        ckpt = load_checkpoint(path, method)
         settings = train_settings(ckpt)
         model = unet_lib.UNet(ckpt["config"]["model"])
         model.load_state_dict(ckpt["ema" if use_ema else "model"])
@@ -298,7 +300,7 @@ class Generator:
         return cls(ckpt["method"], make_process(ckpt["method"], settings),
                    *(frozen(m, device) if m is not None else None for m in (model, vae, fus)),
                    data_root=settings.get("data", ""), bench_size=settings.get("bench_size", "64x44"),
-                   checkpoint=str(path))
+                   checkpoint=str(path), step=ckpt["step"])
 
     @classmethod
     def random_init(cls, method: str, preset: str, device="cpu", pose_channels: int = 3) -> "Generator":

@@ -483,8 +483,9 @@ def flicker(images: list, poses: list) -> dict:
     """Mean absolute change between consecutive frames, of the output and of the pose maps (both on a
     [0, 1] scale): output change well above the pose's change is flicker the pose does not explain."""
     def change(frames):
-        return float(np.mean([(b - a).abs().mean().item() for a, b in zip(frames, frames[1:])])) if len(
-            frames) > 1 else 0.0
+        if len(frames) < 2:
+            return 0.0
+        return float(np.mean([(b - a).abs().mean().item() for a, b in zip(frames, frames[1:])]))
     return {"output_change": change([(x + 1) / 2 for x in images]), "pose_change": change(poses)}
 
 

@@ -47,8 +47,8 @@ N source tokens, D embedding width.
 from __future__ import annotations
 
 import copy
-import os
 import dataclasses
+import os
 import random
 import sys
 import time
@@ -298,11 +298,11 @@ def make_batches(cfg, dataset, dist: Dist, batch_size: int, start_step: int, ite
     """An endless iterator of this rank's collated batches on `dist.device`, resumable at
     `start_step`; `batch_size` is the global batch. items: a dataset to draw from instead of the
     (flip-indexed) pairs, e.g. reflow's `Couplings`, whose flips are already chosen."""
-    if items is None:
-        items = FlipIndexed(dataset)
-        sampler = EpochBatches(len(dataset), batch_size, cfg.seed, dist.rank, dist.world, start_step, cfg.flip)
+    if items is None:  # the pairs: index i >= n is pair i - n mirrored, the coin tossed by EpochBatches
+        items, n, flip = FlipIndexed(dataset), len(dataset), cfg.flip
     else:
-        sampler = EpochBatches(len(items), batch_size, cfg.seed, dist.rank, dist.world, start_step)
+        n, flip = len(items), False
+    sampler = EpochBatches(n, batch_size, cfg.seed, dist.rank, dist.world, start_step, flip)
     # note: a DataLoader without its own generator draws its workers' seed from the global RNG
     # when iteration starts, which would shift a resumed run's noise by one draw.
     loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, num_workers=cfg.num_workers,
@@ -457,8 +457,9 @@ def get_couplings(cfg: TrainConfig, dist: Dist, dataset, teacher: nn.Module, tea
         torch_dist.barrier()
         state = load_checkpoint(path, "couplings")
     if dist.main:
-        print(f"[couplings] {len(state['index'])} couplings in {path} (teacher: Heun "
-              f"{state['teacher']['coupling_steps']} steps, w {state['teacher']['w']:g})")
+        teacher_info = state["teacher"]
+        print(f"[couplings] {len(state['index'])} couplings in {path} (teacher: "
+              f"{teacher_info['solver'].capitalize()} {teacher_info['coupling_steps']} steps, w {teacher_info['w']:g})")
     return state
 
 
