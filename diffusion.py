@@ -14,8 +14,10 @@ formula and its cost are in guidance.py, shared with flow_matching.py):
 
     out = u + w_src * (c_src - u) + w_fus * (c_full - c_src)
 
-FPDM's settings are the defaults (below), so `Diffusion().sample(...)` samples as FPDM's release
-does: DDPM ancestral steps (each equal to diffusers' DDPMScheduler.step, tested), 20 of them on SD's
+FPDM's sampler and steps are the defaults (below), but the guidance weights of `sample()` default to
+1 (unguided, one branch): FPDM's release passes w_src = w_fus = 2.0, as `Diffusion.release` records and
+pipeline.sampling_for applies (sample.py, the sweep, train.py's grids). The release samples with
+DDPM ancestral steps (each equal to diffusers' DDPMScheduler.step, tested), 20 of them on SD's
 "leading" spacing with steps_offset 1 (t = 951, 901, ..., 1), and one guidance weight 2.0 (two
 branches: NFE = 40 per image). Also available, by argument or by flag in sample.py:
   - sampler="ddim" (eta = 0: deterministic, the usual choice at 50 steps, e.g. CFLD's sampler);
@@ -143,21 +145,37 @@ class Diffusion:
         self.betas = betas.float()  # (T,)
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float()  # (T,)
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        self._tables = {}  # (device, dtype) -> the alpha_bar table there, built once (see `table`)
 
     def to(self, device) -> "Diffusion":
-        """Move the schedule tensors (they are also moved lazily to each input's device)."""
+        """Move the schedule tensors (`table` also keeps one copy per device the latents live on)."""
         self.betas, self.alphas_cumprod = self.betas.to(device), self.alphas_cumprod.to(device)
+        self._tables = {}
         return self
+
+    def table(self, like: torch.Tensor) -> torch.Tensor:
+        """(T + 1,) alpha_bar on like's device in at least float32, the last entry the value "after
+        the last step"; copied to that device ONCE and kept, so no sampling step copies from the host.
+
+        note: a step that moved the table to the GPU every call would pay a host-to-device copy
+        (and its synchronisation) per step, FPDM's own bookkeeping slowing it beside RPFM.
+        """
+        key = (like.device, torch.promote_types(like.dtype, torch.float32))
+        if key not in self._tables:
+            table = self.alphas_cumprod.to(*key)  # (T,)
+            self._tables[key] = torch.cat([table, table.new_tensor([self.final_alpha_cumprod])])  # (T + 1,)
+        return self._tables[key]
 
     def _abar(self, t, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar at step t (int or (B,); t < 0: "after the last step"), shaped to broadcast.
 
         note: float32 (float64 for float64 inputs), never bf16: see "Numerics" in the module docstring.
         """
+        table = self.table(like)  # (T + 1,), on like's device
+        if isinstance(t, int):  # the samplers' steps: a Python index into the device table, no copy
+            return table[t if t >= 0 else -1]  # ()
         t = torch.as_tensor(t, device=like.device).long()  # () or (B,)
-        table = at_least_float32(self.alphas_cumprod.to(like.device, torch.promote_types(like.dtype, torch.float32)))  # (T,)
-        final = table.new_tensor(self.final_alpha_cumprod)
-        a = torch.where(t >= 0, table[t.clamp(min=0)], final)  # () or (B,)
+        a = table[torch.where(t >= 0, t, table.shape[0] - 1)]  # () or (B,)
         return a.view(-1, *([1] * (like.dim() - 1))) if a.dim() == 1 else a  # (B, 1, ..., 1)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -480,3 +480,18 @@ def test_denoise_once_with_an_oracle_returns_the_clean_latents(prediction):
     for level in (0.0, 0.3, 1.0):
         assert d.step_at(level) == round(level * 999)
         assert torch.allclose(d.denoise_once(oracle, x0, noise, level, None), x0, atol=1e-4)
+
+
+def test_schedule_table_lives_on_the_latents_device():
+    # the alpha_bar table is copied to the latents' device once; no sampling step reads the host table
+    # again (on CUDA each read would be a host-to-device copy per step). The meta device stands in for
+    # a GPU here: a tensor there has a device but no data.
+    d = Diffusion(prediction="v")
+    noise = torch.zeros(2, 4, 2, 2, device="meta")
+    model = lambda x, t, **cond: torch.zeros_like(x)  # noqa: E731
+    d.sample(model, noise, None, 5, "ddpm")
+    assert list(d._tables) == [(torch.device("meta"), torch.float32)]
+    d.alphas_cumprod = None  # the host copy is gone: a step that still copied from it would fail
+    for sampler in ("ddpm", "ddim"):
+        assert d.sample(model, noise, None, 5, sampler).device.type == "meta"
+    assert d._abar(10, noise).device.type == "meta" and d._abar(torch.tensor([3, -1]), noise).shape == (2, 1, 1, 1)
