@@ -6,7 +6,10 @@ from a noisy latent x_t, a time t, and three conditions:
 - the target pose, a pixel-size pose map, encoded by `PoseEncoder` (ControlNet-style strided
   convs) and added to the output of the UNet's first conv, as FPDM does;
 - the source image, turned once into tokens by `SourceEncoder` (a small conv encoder for the
-  CPU presets, or a timm DINOv2 ViT) and read by cross-attention in every transformer block;
+  CPU presets, or a timm DINOv2 ViT) and read by cross-attention in every transformer block; in
+  the CPU presets also pooled (`pool_source`) and added to the time embedding, and the conv
+  encoder's tokens carry their cell's mean colour (UNetConfig.source_global / source_pixels:
+  without them the tiny models drew the pose in colours unrelated to the source's);
 - FPDM's global fusion embedding, passed through an MLP and added to the time embedding.
 
 The network itself is the latent-diffusion UNet: ResNet blocks that take the time (+ global)
@@ -71,7 +74,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from data import option, parse_config, resolve_config  # data.py imports no network file (no circle)
+from cli import option, parse_config, resolve_config
 from vae import Upsample  # the same block as the VAE's; vae.py imports nothing of unet.py
 
 
@@ -99,6 +102,11 @@ class UNetConfig:
     source_image_size: int = 0           # size the source encoder sees; 0 = image_size (kept 0, so
                                          # dataclasses.replace(cfg, image_size=...) carries it along)
     source_widths: tuple = (8, 16, 32, 64)  # conv encoder: a stem, then one stride-2 stage per further width
+    min_group_width: int = 1             # GroupNorm channels per group at least (group_norm says why)
+    source_pixels: bool = False          # conv encoder: add each token's mean source colour (a colour skip)
+    source_queries: int = 0              # source_global: pool the tokens by K learned queries (0: their mean)
+    source_global: bool = False          # also add the mean source token to the time embedding (AdaGN);
+                                         # on in the CPU presets, where cross-attention alone lost the look
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -132,18 +140,20 @@ class UNetConfig:
 
 PRESETS = {
     # 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4); train.py's main job runs it at 32 px
-    # (latent 8x8x4), where 1,400 steps fit in its 10-minute budget. Narrow
+    # (latent 8x8x4), 800 steps of batch 32 in about 5 minutes (README). Narrow
     # (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
     # where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
     "tiny": UNetConfig(
         image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
         channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
-        pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64)),
+        pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
+        source_global=True, source_queries=4),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.
     "small": UNetConfig(
         image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,
         channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), head_dim=32, ff_mult=4,
-        pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128)),
+        pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128), min_group_width=4,
+        source_pixels=True, source_global=True, source_queries=4),
     # 256 px on one GPU, latent 32x32x4 (SD VAE, downsample 8), SD-like widths 320/640/1280/1280,
     # attention at the three finest levels like SD; source tokens from DINOv2 ViT-B/14 at 224 px
     # (16 x 16 patches + 1 class token = 257 tokens), random init unless source_pretrained.
@@ -169,9 +179,20 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in the LDM UNet; gcd keeps narrow CPU widths (e.g. 48) valid
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+def group_norm(channels: int, min_width: int = 1) -> nn.GroupNorm:
+    """32 groups as in the LDM UNet, fewer where a group would hold under `min_width` channels
+    (UNetConfig.min_group_width: 4 in the CPU presets, 1 in checkpoints written before it existed).
+
+    note: a group of ONE channel is an instance norm: it removes each channel's per-image mean,
+    and in the source encoder's first layers those means ARE the colours. With 32 groups on the
+    CPU presets' 8-32-channel layers, every source-encoder norm was one, and the source tokens
+    carried no colour (a linear probe from them to the source's torso colour: R^2 0.03, RESULTS.md
+    "appearance"). The GPU presets (320 channels and up, 10 per group) are unchanged.
+    """
+    groups = math.gcd(32, channels)  # gcd keeps narrow CPU widths (e.g. 48) valid
+    while groups > 1 and channels // groups < min_width:
+        groups //= 2
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -192,12 +213,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice; the embedding enters as a scale and shift of the second norm (AdaGN)."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, min_width: int = 1):
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = group_norm(in_ch, min_width)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = group_norm(out_ch, min_width)
         self.dropout = nn.Dropout(dropout)
         # zero-init (LDM): the block starts as the identity, so the deep UNet behaves like a
         # shallow one at init and trains stably; gradients still reach conv2 itself at once
@@ -270,7 +291,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, cfg.min_group_width)
         self.proj_in = nn.Linear(channels, channels)
         self.blocks = nn.ModuleList(
             TransformerBlock(channels, context_dim, cfg.head_dim, cfg.ff_mult, cfg.dropout)
@@ -292,7 +313,7 @@ class Level(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, attention: bool, upsample: bool, cfg: UNetConfig):
         super().__init__()
-        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.min_group_width)
         self.attn = SpatialTransformer(out_ch, cfg.context_dim, cfg) if attention else None
         self.upsample = Upsample(out_ch) if upsample else None
 
@@ -329,9 +350,11 @@ class PoseEncoder(nn.Module):
     3x3 convs with SiLU and one stride-2 conv per factor of 2 between S and h. The last conv is
     zero-initialised (ControlNet's "zero convolution"): at the first step the branch adds
     exactly zero to the UNet's first feature map, so random pose features do not disturb the
-    denoiser while it learns the basics (and a pretrained UNet would keep its behaviour), yet
-    the zero conv's own weights get a gradient at once because its input is not zero; once
-    they move, the earlier pose layers receive gradients too.
+    denoiser while it learns the basics (and a pretrained UNet would keep its behaviour). Its
+    own weights get a gradient as soon as any gradient reaches the UNet's first feature map
+    (its input is not zero), which is from the second step on: the UNet's zero-initialised
+    `conv_out` passes no gradient upstream on the first step. Once they move, the earlier pose
+    layers receive gradients too.
     """
 
     def __init__(self, pose_channels: int, widths: tuple, out_channels: int):
@@ -355,22 +378,34 @@ class ConvTokenizer(nn.Module):
     N = (S / 2**(len(widths) - 1))**2 tokens of width W = widths[-1]. A learned position
     embedding is added because attention is blind to token order: without it a target
     position could not ask for "the source's left sleeve", only for a colour.
+
+    The colour skip (`pixels`, on in the CPU presets): each token also gets a linear map of its
+    cell's mean source colour. Trained from scratch for a few hundred steps, the conv stack never
+    learnt to carry colour (a linear probe from its tokens to the source's torso colour: R^2 0.03),
+    because the UNet had not yet learnt to read the tokens, and nothing asked it to: a loop only
+    the colours themselves break. A pretrained ViT (base preset) carries them already.
     """
 
-    def __init__(self, widths: tuple, image_size: int):
+    def __init__(self, widths: tuple, image_size: int, min_width: int = 1, pixels: bool = False):
         super().__init__()
         layers = [nn.Conv2d(3, widths[0], 3, padding=1)]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
-                       group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)]
+            layers += [group_norm(c_in, min_width), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                       group_norm(c_out, min_width), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)]
         self.body = nn.Sequential(*layers)
         self.num_tokens = (image_size // 2 ** (len(widths) - 1)) ** 2
         self.pos = nn.Parameter(torch.randn(1, self.num_tokens, widths[-1]) * 0.02)
         self.norm = nn.LayerNorm(widths[-1])
         self.width = widths[-1]
+        self.grid = image_size // 2 ** (len(widths) - 1)
+        # the colour skip (UNetConfig.source_pixels): each token also gets its cell's mean colour
+        self.pixels = nn.Linear(3, widths[-1]) if pixels else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         tokens = rearrange(self.body(image), "b c h w -> b (h w) c")  # (B, N, W)
+        if self.pixels is not None:
+            cells = F.adaptive_avg_pool2d(image, self.grid)  # (B, 3, g, g): the mean colour of each token's cell
+            tokens = tokens + self.pixels(rearrange(cells, "b c h w -> b (h w) c"))  # (B, N, W)
         return self.norm(tokens + self.pos)  # (B, N, W)
 
 
@@ -429,7 +464,8 @@ class SourceEncoder(nn.Module):
             self.pretrained = bool(cfg.source_pretrained or cfg.source_checkpoint)
             self.backbone.requires_grad_(not self.pretrained)  # frozen pretrained features, as FPDM
         else:
-            self.backbone = ConvTokenizer(cfg.source_widths, self.image_size)
+            self.backbone = ConvTokenizer(cfg.source_widths, self.image_size, cfg.min_group_width,
+                                          cfg.source_pixels)
             self.num_tokens, width = self.backbone.num_tokens, self.backbone.width
             self.pretrained = False
         self.proj = nn.Linear(width, cfg.context_dim)
@@ -470,18 +506,24 @@ class UNet(nn.Module):
         self.fusion_mlp = (nn.Sequential(nn.Linear(cfg.fusion_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                            if cfg.fusion_dim > 0 else None)
         self.source_encoder = SourceEncoder(cfg)
+        # the source's global look (see UNetConfig.source_global and the note in forward)
+        k = max(cfg.source_queries, 1)
+        self.source_mlp = (nn.Sequential(nn.Linear(k * cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                           if cfg.source_global else None)
+        self.source_queries = (nn.Parameter(torch.randn(cfg.source_queries, cfg.context_dim) * 0.02)
+                               if cfg.source_global and cfg.source_queries > 0 else None)
         self.num_source_tokens = self.source_encoder.num_tokens
         self.pose_encoder = PoseEncoder(cfg.pose_channels, cfg.pose_widths, mc)
         self.conv_in = nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)
         self.down, skip_channels = self._build_down(emb_dim)
         ch = skip_channels[-1]
         # the middle always attends: at the coarsest level every position sees the whole body
-        self.mid_res1 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid_res1 = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.min_group_width)
         self.mid_attn = SpatialTransformer(ch, cfg.context_dim, cfg)
-        self.mid_res2 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid_res2 = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.min_group_width)
         self.up = self._build_up(emb_dim, skip_channels)
         out_ch = mc * cfg.channel_mult[0]
-        self.norm_out = group_norm(out_ch)
+        self.norm_out = group_norm(out_ch, cfg.min_group_width)
         # zero-init (DiT, LDM): the first prediction is 0, the mean of both the noise and the
         # velocity targets, so training starts at a sensible loss instead of a random one
         self.conv_out = zero_init(nn.Conv2d(out_ch, cfg.latent_channels, 3, padding=1))
@@ -556,6 +598,16 @@ class UNet(nn.Module):
         emb = self.time_mlp(t_features.to(self.conv_in.weight.dtype))  # (B, E); .to: a model cast to bf16
         if self.fusion_mlp is not None:
             emb = emb + self.fusion_mlp(fusion)  # (B, E)
+        if self.source_mlp is not None:
+            # note: with cross-attention alone the tiny models ignored the source: swapping it moved
+            # RPFM's output by 5 % of the sources' difference, and FPDM's tokens were ignored as well
+            # (its look came through the fusion embedding alone; RESULTS.md, "appearance"). A latent
+            # position must first learn WHERE in the source its part is before attention pays off.
+            # A pooled summary of the source says WHAT the person wears at once, as a per-channel
+            # scale and shift of every ResBlock (AdaGN), the way FPDM's fusion embedding enters.
+            # A dropped source (zero tokens) pools to zero, so guidance's "no source" branch stays
+            # one fixed input.
+            emb = emb + self.source_mlp(self.pool_source(src_tokens))  # (B, E)
         h = self.conv_in(x_t) + self.pose_encoder(pose)  # (B, mc, h, w): the pose enters here, as in FPDM
         skips = [h]
         for block in self.down:
@@ -568,6 +620,15 @@ class UNet(nn.Module):
         out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C, h, w)
         # note: under autocast the convs return bf16; hand back the caller's dtype
         return out.to(x_t.dtype)
+
+    def pool_source(self, src_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, K * D): the tokens' mean (K = 1), or K learned queries' attention over them."""
+        if self.source_queries is None:
+            return src_tokens.mean(dim=1)  # (B, D)
+        scale = src_tokens.shape[-1] ** -0.5
+        weights = torch.softmax(torch.einsum("kd,bnd->bkn", self.source_queries.to(src_tokens.dtype), src_tokens)
+                                * scale, dim=-1)  # (B, K, N); zero tokens: uniform, so a dropped source pools to 0
+        return torch.einsum("bkn,bnd->bkd", weights, src_tokens).flatten(1)  # (B, K * D)
 
     @torch.no_grad()
     def example_inputs(self, batch_size: int = 2) -> dict:

@@ -1,63 +1,120 @@
-"""Both methods must DRAW, not just lower a loss: overfit a handful of pairs, then generate them
-back through the real sampling path (conditions, guidance, EMA weights, VAE decode) and score them.
+"""Both methods must DRAW, and draw the SOURCE's person, not just lower a loss: overfit a handful of
+pairs, generate them back through the real sampling path (conditions, guidance, EMA weights, VAE
+decode), score them, then swap every source for another person's and require the output to follow.
 
-This is the test that would have caught FPDM drawing coloured noise while its loss fell: with
-eps-prediction on the tiny preset (`--prediction eps`) it fails, at 0.30 SSIM against 0.24 for
-copying the source, where both methods as shipped draw the pairs back at 0.72 (FPDM, v) and 0.75
-(RPFM), measured 2026-11-30 with these settings. See it fail:
+The handful: two training persons (plain tops of different colours) drawn in the SAME three real
+poses, so that a target pose does not tell whose clothes to draw: only the source does. A model that
+ignores the source (RPFM before the source encoder's norms were fixed, unet.group_norm) can memorise
+the poses but not the colours, and fails the swap check.
+
+Two checks, each with a wide margin (measured 2026-12-01 on the shared 2-core CPU, seed 0, listed beside
+each threshold; the old 120-step version of the first check drew 0.75 on one machine and 0.60 on
+another, so the margins below are several times that machine-to-machine spread; 400 steps instead of
+120 put the models well into memorising, where rounding differences matter least):
+  1. drawn back: SSIM of the generated targets above the copy-the-source baseline;
+  2. follows the source: with the sources swapped, the output is closer to the OTHER person in the
+     target pose (a training target too) than to the pair's own target, in mean absolute pixels.
+
+This is also the test that would have caught FPDM drawing coloured noise while its loss fell (with
+eps-prediction on the tiny preset, `--prediction eps`). See it fail:
 
     OVERFIT_FPDM_PREDICTION=eps python -m pytest -q -s tests/test_overfit.py
-    python -m pytest -q tests/test_overfit.py      (under a minute on 2 idle CPU cores)
+    python -m pytest -q -s tests/test_overfit.py      (about 3 minutes on 2 idle CPU cores)
 """
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import data
-import evaluate
+import metrics
 import pipeline
-import sample
 import train
 
-# 6 training pairs (one clothing item in 3 poses), 32 px, no flips: a set small enough to memorise
 TRAIN = ["--image-size", "32", "--batch-size", "4", "--vae-batch-size", "4", "--num-workers", "0", "--no-flip",
-         "--warmup", "20", "--vae-steps", "100", "--fusion-steps", "20", "--steps", "120", "--log-every", "1000",
+         "--warmup", "20", "--vae-steps", "150", "--fusion-steps", "20", "--steps", "400", "--log-every", "1000",
          "--sample-every", "100000", "--ckpt-every", "100000", "--threads", "1"]
+# plain tops: blue, pink, teal (persons.sample_appearance at seed 0); one of the three lands in the test split
+ITEMS = ("fasionMENTees_Tanksid0000003", "fasionMENTees_Tanksid0000007", "fasionMENTees_Tanksid0000005")
+VIEWS = ("1front", "2side", "3back")
+SSIM_MARGIN = 0.2   # generated SSIM above copy-the-source by at least this
+SWAP_MEDIAN = 0.8   # swapped output: distance to the other person / to its own target, median below this
+SWAP_WORST = 1.0    # ... and every pair closer to the other person than to its own target
+
+
+def write_annotations(path):
+    """Three items in the same three real, complete poses, as a csv-layout annotation file."""
+    real = data.read_keypoint_csv(data.BUNDLED_ANNOTATIONS)
+    poses = [kp for _, kp in sorted(real.items()) if not data.is_missing(kp).any()][:3]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("name:keypoints_y:keypoints_x\n")
+        for item in ITEMS:
+            for view, kp in zip(VIEWS, poses):
+                kp = np.round(kp).astype(int)
+                f.write(f"{item}_{view}.jpg: {kp[:, 1].tolist()}: {kp[:, 0].tolist()}\n")
+    return path
 
 
 @pytest.fixture(scope="module")
 def handful(tmp_path_factory):
     """(data root, a VAE trained on it): both methods share the VAE, as in the main job."""
     root = tmp_path_factory.mktemp("handful")
-    data.synthesize(root / "data", size=(64, 44), seed=0, max_items=2)
+    annotations = write_annotations(root / "fashion-resize-annotation-handful.csv")
+    data.synthesize(root / "data", size=(64, 44), seed=0, annotations=str(annotations))
     train.run(train.parse_config(["--method", "vae", "--data", str(root / "data"), "--out", str(root), *TRAIN]))
     return root / "data", root / "vae.pt"
 
 
-def generate_training_pairs(ckpt, root):
-    """SSIM of the generated images and of the copied source against the targets, per pair."""
+def other_person(name: str, items: list) -> str:
+    """The same view of the other training person."""
+    item = data.item_id(name)
+    other = next(i for i in items if i != item)
+    return name.replace(item, other)
+
+
+def generate(gen, pairs, sources):
+    torch.manual_seed(0)
+    noise = gen.noise(len(sources), "cpu", torch.Generator().manual_seed(0))
+    pose = torch.stack([pairs.load_item(i)["target_pose"] for i in range(len(pairs))])
+    images, nfe = pipeline.generate(gen, sources, pose, pipeline.sampling_for(gen.process),
+                                    pipeline.PhaseTimer(torch.device("cpu")), "fp32", noise=noise)
+    return (images.clamp(-1, 1) + 1) / 2, nfe  # (B, 3, S, S) in [0, 1]
+
+
+def draw_back_and_swap(ckpt, root) -> dict:
     gen = pipeline.Generator.from_checkpoint(ckpt, use_ema=True, device="cpu")
     pairs = data.PairDataset(root, "train", gen.image_size)
-    batch = next(iter(torch.utils.data.DataLoader(pairs, batch_size=len(pairs))))
-    sampling = pipeline.sampling_for(gen.process)  # each method's release defaults
-    torch.manual_seed(0)
-    images, nfe = sample.generate(gen, batch["source"], batch["target_pose"], sampling,
-                                  sample.PhaseTimer(torch.device("cpu")), "fp32")
-    real = (batch["target"] + 1) / 2
-    generated = evaluate.ssim((images.clamp(-1, 1) + 1) / 2, real)
-    copied = evaluate.ssim((batch["source"] + 1) / 2, real)
-    return generated.mean().item(), copied.mean().item(), nfe
+    items = sorted({data.item_id(s) for s, _ in pairs.pairs})
+    assert len(items) == 2, items
+    load = lambda names: torch.stack([pairs.load_image(n) for n in names])  # noqa: E731  (B, 3, S, S)
+    source, target = load([s for s, _ in pairs.pairs]), (load([t for _, t in pairs.pairs]) + 1) / 2
+    other_target = (load([other_person(t, items) for _, t in pairs.pairs]) + 1) / 2
+    drawn, nfe = generate(gen, pairs, source)
+    swapped, _ = generate(gen, pairs, load([other_person(s, items) for s, _ in pairs.pairs]))
+    return {"nfe": nfe, "ssim": metrics.ssim(drawn, target).mean().item(),
+            "copy_ssim": metrics.ssim((source + 1) / 2, target).mean().item(),
+            # per pair: distance of the swapped output to the other person's target over that to its own
+            "swap_ratio": ((swapped - other_target).abs().flatten(1).mean(1) /
+                           (swapped - target).abs().flatten(1).mean(1)).tolist()}
 
 
 @pytest.mark.parametrize("method", ["rpfm", "fpdm"])
-def test_overfit_pairs_are_drawn_back(method, handful, tmp_path):
+def test_overfit_pairs_are_drawn_back_in_the_sources_clothes(method, handful, tmp_path):
     root, vae = handful
     prediction = os.environ.get("OVERFIT_FPDM_PREDICTION", "v")  # eps: the objective that drew noise
     train.run(train.parse_config(["--method", method, "--data", str(root), "--out", str(tmp_path),
                                   "--vae-ckpt", str(vae), "--prediction", prediction, *TRAIN]))
-    generated, copied, nfe = generate_training_pairs(str(tmp_path / f"{method}.pt"), root)
-    assert nfe == {"rpfm": 20, "fpdm": 40}[method]  # each at its release setting, guidance on
-    print(f"{method}: generated SSIM {generated:.3f}, copy-source {copied:.3f}")
-    # measured: rpfm 0.75 and fpdm (v) 0.72 here; fpdm with eps (the bug) 0.30, so this fails for it
-    assert generated > copied + 0.4, f"{method}: SSIM {generated:.3f} vs copy-source {copied:.3f}"
+    r = draw_back_and_swap(str(tmp_path / f"{method}.pt"), root)
+    assert r["nfe"] == {"rpfm": 20, "fpdm": 40}[method]  # each at its release setting, guidance on
+    ratios = sorted(r["swap_ratio"])
+    print(f"{method}: SSIM {r['ssim']:.3f} (copy-source {r['copy_ssim']:.3f}); swapped output's distance to "
+          f"the other person over its own target: median {np.median(ratios):.2f}, worst {ratios[-1]:.2f}")
+    # measured: SSIM 0.779 (rpfm), 0.763 (fpdm) against copy-source 0.234: margins 0.54 and 0.53 over the 0.2 bar;
+    # swap ratio median 0.47 / 0.50 (bar 0.8), worst 0.67 / 0.58 (bar 1.0: closer to the other person than to
+    # its own target). At 160 steps RPFM already drew the pairs back (SSIM 0.61) but did not follow a swapped
+    # source (median 1.01, worst 1.64: as far from one person as from the other): the check that catches it.
+    assert r["ssim"] > r["copy_ssim"] + SSIM_MARGIN, f"{method}: SSIM {r['ssim']:.3f} vs copy {r['copy_ssim']:.3f}"
+    assert np.median(ratios) < SWAP_MEDIAN and ratios[-1] < SWAP_WORST, f"{method}: swap ratios {ratios}"
+
+

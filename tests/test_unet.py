@@ -234,3 +234,27 @@ def test_timm_dinov2_source_encoder_offline(tmp_path):
         _tiny(source_encoder=name, source_image_size=28, source_checkpoint=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="timm model name"):
         _tiny(source_encoder="vit_no_such_model")
+
+
+def test_source_pathway_of_the_cpu_presets_and_of_older_checkpoints():
+    """The tiny preset's source pathway (group norms of >= 4 channels, the colour skip, the global
+    source embedding: unet.py says why each) and an older checkpoint's config, which lacks those
+    fields, rebuilding exactly the network it was trained as."""
+    new = UNet("tiny")
+    norms = [m for m in new.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert min(m.num_channels // m.num_groups for m in norms) >= 4  # no instance norm strips the colours
+    old_fields = {k: v for k, v in dataclasses.asdict(unet.PRESETS["tiny"]).items()
+                  if k not in ("min_group_width", "source_pixels", "source_global")}
+    old = UNet(old_fields)  # as a checkpoint written before these fields existed stores its config
+    assert old.source_mlp is None and old.source_encoder.backbone.pixels is None
+    assert old.source_encoder.backbone.body[1].num_groups == 8  # 8 channels in 8 groups, as trained then
+    # the colour skip: two flat sources of different colours give different tokens even at random init
+    red, blue = torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    with torch.no_grad():
+        assert (new.encode_source(red) - new.encode_source(blue)).abs().mean() > 0.1
+        # the pooled source summary: K learned queries; a dropped source (zero tokens) pools to zero, so
+        # guidance's "no source" branch is one fixed input, as for every other dropped condition
+        tokens = new.encode_source(torch.cat([red, blue]))  # (2, N, D)
+        assert new.pool_source(tokens).shape == (2, unet.PRESETS["tiny"].source_queries * tokens.shape[-1])
+        assert new.pool_source(torch.zeros_like(tokens)).abs().max() == 0
