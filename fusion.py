@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
-from data import resolve_config  # data.py imports no network file (no circle)
+from cli import resolve_config
 
 
 # --------------------------------------------------------------------------- config
@@ -247,7 +247,9 @@ def source_enhanced_info_nce(fused: torch.Tensor, target: torch.Tensor, source: 
     """
     queries = torch.cat([target, source], dim=0)  # (2B, D)
     keys = torch.cat([fused, source], dim=0)  # (2B, D)
-    return info_nce(keys, queries, temperature)
+    # info_nce(fused, target) scores rows of `target` against columns of `fused`: the keys take
+    # the fused side, the queries the target side
+    return info_nce(fused=keys, target=queries, temperature=temperature)
 
 
 def source_l1(fused: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,8 @@ INDEPENDENT_DROP = {"pose": 0.2, "src_tokens": 0.2, "fusion": 0.2}
 # seen in 0.2^3 = 0.8% of FPDM's samples (4% of RPFM's): u stays the least trained answer while it
 # carries weight 1 - w = -1. A joint drop of every condition at once (InstructPix2Pix uses 5% and
 # two independent 5% drops) trains it on 10% of the batch more.
+# train.py's defaults (--drop-prob, --joint-drop) are these two; the processes themselves default to
+# no joint drop (diffusion.Diffusion, flow_matching.FlowMatching), so pipeline.make_process passes it.
 JOINT_DROP = 0.1
 
 
@@ -177,7 +179,7 @@ class RowCounter:
 def nfe_cli(nfe_table_fn, default_steps: int, description: str, argv=None) -> None:
     """The command line of both process files: their NFE table, each figure checked by counting calls."""
     import dataclasses
-    from data import option, parse_config, usage_error  # the project's CLI convention (only when run)
+    from cli import option, parse_config, usage_error  # the project's CLI convention (only when run)
     # the config is made here because its default is the calling file's number of steps
     config_cls = dataclasses.make_dataclass("NFECommand", [("steps", int, option(default_steps, "sampling steps"))])
     cfg, _ = parse_config(config_cls, argv, description)

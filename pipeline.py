@@ -8,6 +8,10 @@ the conditions and draws latents:
 
     checkpoint -> Generator(process, unet, vae, fusion) -> build_cond -> sample_latents -> decode
 
+`generate` walks that path for one batch with honest timing (PhaseTimer: source encoding, sampling
+loop, VAE decoding, CUDA synchronised before every clock read; CountingModel counts the network
+evaluations per image), so sample.py, the sweep and the live demo time exactly the same thing.
+
 It also names the model sizes (MODEL_PRESETS: image size, UNet, VAE, fusion encoder), so the
 speed benchmark builds the same models train.py trains without opening train.py, and it records
 what sample.py wrote (samples.json) so evaluate.py can find the newest folder and its pairs.
@@ -17,7 +21,7 @@ flow_matching), never the scripts train.py / sample.py / evaluate.py.
 Papers: FPDM (Lee et al., arXiv 2412.07333), RPFM (Jeong et al., arXiv 2505.03562), latent
 diffusion (Rombach et al., arXiv 2112.10752), DiT's EMA sampling (Peebles & Xie, arXiv 2212.09748).
 
-Run: used by `python sample.py` and `python evaluate.py`; tests: python -m pytest -q tests/test_pipeline.py
+Run: used by `python sample.py`, `python evaluate.py`, `python demo.py`; tests: python -m pytest -q tests/test_pipeline.py
 
 Shape letters: B batch, H W image size, h w latent size, N source tokens, D embedding width.
 """
@@ -26,17 +30,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from PIL import Image
 
+import data
 import diffusion
 import flow_matching
 import fusion
 import unet as unet_lib
 import vae as vae_lib
+from guidance import INDEPENDENT_DROP, JOINT_DROP
 
 CKPT_VERSION = 1
 LATENT_METHODS = ("fpdm", "rpfm", "reflow")  # the methods whose checkpoints can draw a person
@@ -53,9 +62,11 @@ MODEL_PRESETS = {
     "base512": dict(image_size=512, bench_size="512x352", unet="base", vae="sd", fusion="vit_l14"),
 }
 
-# The training settings that shape the process, with train.py's defaults: a checkpoint written
-# before a setting existed gets its default (old files lack joint_drop and prediction).
-PROCESS_SETTINGS = dict(drop_prob=0.2, joint_drop=0.1, offset_noise=0.1, prediction="eps")
+# The training settings that shape the process, for checkpoints written before a setting existed:
+# old files lack joint_drop and prediction, and were trained with a joint drop of 0.1 and eps (the
+# paper's objective; train.py's default on the tiny preset is now "v", diffusion.py says why).
+PROCESS_SETTINGS = dict(drop_prob=INDEPENDENT_DROP["pose"], joint_drop=JOINT_DROP, offset_noise=0.1,
+                        prediction="eps", time_sampling="logit_normal")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +221,7 @@ def make_process(method: str, settings: dict):
                                    joint_drop=s["joint_drop"], prediction=s["prediction"])
     if method == "reflow":  # RPFM's few-step student: straight lines between teacher couplings
         return flow_matching.Reflow()
-    return flow_matching.FlowMatching(drop_probs=drops, joint_drop=s["joint_drop"])
+    return flow_matching.FlowMatching(drop_probs=drops, joint_drop=s["joint_drop"], time_sampling=s["time_sampling"])
 
 
 @dataclass(frozen=True)
@@ -349,3 +360,88 @@ def newest_sample_record(runs) -> tuple[Path, dict] | None:
         return records[-1].parent, json.loads(records[-1].read_text())
     except json.JSONDecodeError:
         raise ValueError(f"{records[-1]} is not valid JSON; rerun `python sample.py`") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Generating, timed: what sample.py, the sweep and the demo all run
+# ----------------------------------------------------------------------------------------------
+
+class CountingModel(nn.Module):
+    """Counts UNet evaluations per image: a batched 2-branch call on B images counts 2."""
+
+    def __init__(self, model: nn.Module, batch: int):
+        super().__init__()
+        self.model, self.batch, self.rows = model, batch, 0
+
+    def forward(self, x_t, t, **cond):
+        self.rows += x_t.shape[0]
+        return self.model(x_t, t, **cond)
+
+    @property
+    def nfe(self) -> float:
+        return self.rows / self.batch
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase; CUDA is synchronised so queued kernels are counted."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        sync(self.device)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()  # like no_grad, and skips autograd's version counting: ~5% at batch 1 on a CPU
+def generate(gen: Generator, source, pose, sampling: Sampling, timer: PhaseTimer, precision: str,
+             tokens=None, noise=None):
+    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE.
+    tokens: the source already encoded (streaming); noise (B, C, h, w): None draws it here."""
+    counter = CountingModel(gen.unet, source.shape[0])
+    with autocast_for(precision, source.device):
+        with timer("source encoding"):
+            cond = build_cond(gen.unet, gen.fusion, source, pose, tokens)
+        noise = gen.noise(source.shape[0], source.device) if noise is None else noise  # (B, 4, h, w)
+        with timer("sampling loop"):
+            z = sample_latents(gen.process, counter, noise, cond, sampling.steps,
+                                        sampling.w_src, sampling.w_fus, sampling.sampler)
+        with timer("VAE decoding"):
+            images = gen.vae.decode_latents(z.float()).clamp(-1, 1)  # (B, 3, H, W)
+    return images.float(), counter.nfe
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def photo_size(dataset: data.PairDataset) -> tuple[int, int]:
+    """(H, W) of the dataset's photos, read from its first target image.
+
+    note: some copies store the 176-wide photo padded to a square; the person crop (what
+    data.py loads and evaluate.py scores) then has DeepFashion's 256:176 aspect.
+    """
+    with Image.open(dataset.image_path(dataset.pairs[0][1])) as im:
+        w, h = im.size
+    return (h, round(h * data.FRAME[1] / data.FRAME[0])) if w == h else (h, w)
+
+
+def write_images(images, batch, out: Path, size) -> list[str]:
+    """`{source}___{target}.png`, at the photos' own size: what evaluate.py matches on."""
+    images = data.resize_for_eval(images, size)  # (B, 3, H', W') back to the photo's aspect
+    names = []
+    for img, s, t in zip(images, batch["source_name"], batch["target_name"]):
+        names.append(f"{Path(s).stem}___{Path(t).stem}.png")
+        data.tensor_to_pil(img).save(out / names[-1])
+    return names

@@ -6,9 +6,10 @@ Every method is the same loop, written out once in `train()` in the order a stud
           -> every N steps: sample grid -> checkpoint
 
 What changes between methods is only the `Stage` (which network trains, what its loss is,
-what its grid shows). FPDM and RPFM even share the stage: the same conditional latent UNet,
-the same conditions; only the process differs (`diffusion.Diffusion` or
-`flow_matching.FlowMatching`). That single line is the difference between the two papers.
+what its grid shows). FPDM and RPFM even share the stage: the same conditional latent UNet and
+loop. What differs is the process (`diffusion.Diffusion` or `flow_matching.FlowMatching`, chosen
+in pipeline.make_process) and, with it, FPDM's extras: the fusion embedding as a third condition,
+offset noise, and on the tiny preset v-prediction. The README's table lists every difference.
 
 Stages chain themselves: `--method rpfm` first trains (or reuses) the VAE, `--method fpdm`
 the VAE and the fusion model, `--method reflow` the VAE and the RPFM teacher, each saved as
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import random
 import sys
 import time
@@ -66,10 +66,15 @@ import flow_matching
 import fusion
 import unet as unet_lib
 import vae as vae_lib
-from data import option
+import cli
+from cli import option
+from guidance import INDEPENDENT_DROP, JOINT_DROP
+from scoring import RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, print_table  # the one table printer
+from distributed import (Dist, EpochBatches, FlipIndexed, check_ranks_agree, rng_states,  # noqa: F401
+                         seed_everything, setup_distributed)
 from pipeline import (CKPT_VERSION, MODEL_PRESETS, PRECISIONS, autocast_for,  # noqa: F401 (CKPT_VERSION: tests)
                       build_cond, component, enlarge, frozen, load_checkpoint, load_fusion, load_vae,
-                      make_process, pick_device, sample_latents, save_checkpoint, unet_config_for)
+                      make_process, sample_latents, save_checkpoint, unet_config_for)
 
 METHODS = ("vae", "fusion", "fpdm", "rpfm", "reflow")
 FUSION_LOSSES = ("baseline", "source_enhanced")  # InfoNCE as CLIP4Cir, and FPDM's source-enhanced one
@@ -122,9 +127,11 @@ class TrainConfig:
     ema_decay: float = option(0.999, "EMA decay of the sampled weights (warmed up, see ema_update)")
     flip: bool = option(True, "random horizontal flip with left/right joints swapped")
     heatmaps: bool = option(False, "add 18 Gaussian keypoint heatmaps to the pose map")
-    drop_prob: float = option(0.2, "per-condition drop probability, for classifier-free guidance")
-    joint_drop: float = option(0.1, "probability of dropping all conditions at once (trains the "
+    drop_prob: float = option(INDEPENDENT_DROP["pose"], "per-condition drop probability, for classifier-free guidance")
+    joint_drop: float = option(JOINT_DROP, "probability of dropping all conditions at once (trains the "
                                     "unconditional branch guidance starts from)")
+    time_sampling: str = option("logit_normal", "rpfm: how training draws the flow time (SD3's logit-normal, "
+                                                "or uniform)", choices=flow_matching.TIME_SAMPLINGS)
     offset_noise: float = option(0.1, "fpdm: offset-noise strength (FPDM uses 0.1)")
     prediction: str = option("v", "fpdm: what the UNet predicts. FPDM's eps on the GPU presets; v on "
                                   "tiny, where eps draws noise (diffusion.py says why)", choices=("eps", "v"))
@@ -176,7 +183,7 @@ def parse_config(argv=None) -> TrainConfig:
     """Defaults < preset < flags given on the command line."""
     about = (__doc__.splitlines()[0] + " The defaults shown are the tiny preset's; "
              "--preset base256 / base512 changes them (see PRESETS).")
-    args = data.config_parser(TrainConfig, about, PRESETS).parse_args(argv)
+    args = cli.config_parser(TrainConfig, about, PRESETS).parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = dataclasses.replace(TrainConfig(), **PRESETS[given.get("preset", "tiny")])
     cfg = dataclasses.replace(cfg, **given)
@@ -188,104 +195,12 @@ def parse_config(argv=None) -> TrainConfig:
     return cfg
 
 
-# ----------------------------------------------------------------------------------------------
-# Devices and processes (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1)
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun: NCCL on GPUs, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(device=pick_device(device_name))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
-    if device.type == "cpu":
-        # note: every rank's OpenMP threads spin while they wait for work; more threads than
-        # cores (2 ranks x 2 threads on 2 cores) made a step 20x slower, so the cores are shared out
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=torch_dist.get_rank(), world=world, device=device)
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    torch.manual_seed(seed)  # note: also seeds every CUDA device
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: a deterministic, resumable, rank-sharded order, so a resumed run sees the same batches
-# ----------------------------------------------------------------------------------------------
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Yields this rank's index lists forever: epoch e is a permutation seeded by (seed, e).
-
-    `batch_size` is the global batch, split evenly over the `world` ranks. Starting at
-    `start_step` skips exactly the batches an uninterrupted run already used, which is what
-    makes `--resume` continue on the same data. With `flip`, an index i >= n means "item i - n,
-    mirrored": the coin is tossed here, in the checkpointed order, not in a worker.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_step: int = 0, flip: bool = False):
-        if n < batch_size:
-            raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({n} pairs)")
-        if batch_size % world:
-            raise ValueError(f"--batch-size {batch_size} does not split over {world} processes")
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.start, self.flip = start_step, flip
-        self.per_epoch = n // batch_size  # drop the ragged last batch: every step is full
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.n, generator=g)  # (n,)
-        if self.flip:
-            order = order + self.n * (torch.rand(self.n, generator=g) < 0.5).long()  # (n,)
-        return order
-
-    def __iter__(self):
-        step = self.start
-        while True:
-            epoch, first = divmod(step, self.per_epoch)
-            order = self.epoch_order(epoch)  # drawn once per epoch
-            for k in range(first, self.per_epoch):
-                idx = order[k * self.batch:(k + 1) * self.batch]  # (batch,) the global batch
-                yield idx[self.rank::self.world].tolist()  # this rank's share
-            step += self.per_epoch - first
-
-
-class FlipIndexed(torch.utils.data.Dataset):
-    """Index i < n is pair i as stored, i >= n is pair i - n mirrored (joints swapped left/right)."""
-
-    def __init__(self, pairs: data.PairDataset):
-        self.pairs = pairs
-
-    def __len__(self):
-        return 2 * len(self.pairs)
-
-    def __getitem__(self, i):
-        n = len(self.pairs)
-        return self.pairs.load_item(i % n, flipped=i >= n)
-
-
 def open_dataset(cfg: TrainConfig, split: str, dist: Dist) -> data.PairDataset:
     """The user's folder, or the built-in benchmark (synthesised once, by rank 0)."""
     if cfg.data:
         root = Path(cfg.data)
     else:
-        size = data.parse_size(cfg.bench_size, "--bench-size")
+        size = cli.parse_size(cfg.bench_size, "--bench-size")
         if not dist.main:
             torch_dist.barrier()  # wait until rank 0 has drawn it (on first use)
         root = data.ensure_benchmark(size=size)  # drawn once; later calls just return the path
@@ -470,7 +385,7 @@ def solve_couplings(state: dict, path: Path, cfg: TrainConfig, dist: Dist, datas
     starts = range(state["done"], len(state["index"]), chunk)
     print(f"[couplings] solving the teacher's ODE for {len(state['index']) - state['done']} pairs -> {path}")
     try:
-        for i, start in enumerate(data.progress(starts, desc="[couplings]")):
+        for i, start in enumerate(cli.progress(starts, desc="[couplings]")):
             idx = state["index"][start:start + chunk]
             batch = torch.utils.data.default_collate([pairs[int(k)] for k in idx])
             cond = build_cond(teacher, None, batch["source"].to(dist.device), batch["target_pose"].to(dist.device))
@@ -556,9 +471,15 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int):
 
 
 class LossByT:
-    """Mean loss in 5 buckets of the process's time: where along the path the model struggles."""
+    """Mean loss in 5 buckets of the process's time: where along the path the model struggles.
 
-    def __init__(self, buckets: int = 5):
+    note: each process's own time, which runs opposite ways: FPDM's t / (T - 1) is 0 at the least
+    noisy step, RPFM's flow time is 0 at pure noise. The line says which (`convention`).
+    """
+    CONVENTIONS = {"fpdm": "t=0 least noisy", "rpfm": "t=0 noise", "reflow": "t=0 noise"}
+
+    def __init__(self, buckets: int = 5, method: str = ""):
+        self.convention = self.CONVENTIONS.get(method, "")
         self.sum = torch.zeros(buckets)
         self.count = torch.zeros(buckets)
 
@@ -575,7 +496,7 @@ class LossByT:
         cells = [f"t[{a:.1f},{b:.1f}) " + (f"{m:.4f}" if n else "   -  ")
                  for a, b, m, n in zip(edges, edges[1:], means, self.count)]
         self.sum.zero_(), self.count.zero_()
-        return "loss by t | " + " | ".join(cells)
+        return f"loss by t ({self.convention}) | " + " | ".join(cells)
 
 
 def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, resume: bool):
@@ -593,7 +514,7 @@ def train(stage: Stage, cfg: TrainConfig, dist: Dist, dataset, ckpt_path: Path, 
         seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and dropping
     batches = make_batches(cfg, dataset, dist, stage.batch_size, start, stage.items)
     autocast = autocast_for(cfg.precision, device)
-    log, by_t = StepLog(stage, start, dist), LossByT()
+    log, by_t = StepLog(stage, start, dist), LossByT(method=stage.name)
     save = lambda step: save_stage(ckpt_path, stage, cfg, model, ema, opt, step, dist)  # noqa
     done = start  # steps whose update is complete
     try:
@@ -648,17 +569,6 @@ def restore(path: Path, stage: Stage, model, ema, opt, dist: Dist) -> int:
     return ckpt["step"]
 
 
-def rng_states(dist: Dist) -> list:
-    """Every rank's RNG state (rank 0 writes them all, so each rank resumes its own noise)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "cuda": torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None}
-    if dist.world == 1:
-        return [state]
-    states = [None] * dist.world
-    torch_dist.all_gather_object(states, state)
-    return states
-
-
 def save_stage(path, stage, cfg, model, ema, opt, step, dist: Dist):
     rng = rng_states(dist)  # a collective: every rank takes part before rank 0 writes
     if not dist.main:
@@ -692,7 +602,7 @@ class StepLog:
 
     def __init__(self, stage: Stage, start: int, dist: Dist):
         self.stage, self.main = stage, dist.main
-        self.bar = data.progress(total=stage.steps, initial=start, desc=f"[{stage.name}]",
+        self.bar = cli.progress(total=stage.steps, initial=start, desc=f"[{stage.name}]",
                                  disable=not self.main, dynamic_ncols=True)
         self.t0, self.images = time.time(), 0
 
@@ -821,10 +731,8 @@ def train_fusion_losses(cfg, dist, dataset):
         if dist.main:
             rows.update({f"{loss} InfoNCE: {row}": metrics for row, metrics in retrieval(model, sub).items()})
     if dist.main:
-        import evaluate  # the one place tables of metrics are printed (evaluate.py imports no train.py)
-
         print(f"[fusion] retrieval of the true target among the test targets ({', '.join(losses)}):")
-        evaluate.print_table(rows, evaluate.RETRIEVAL_COLUMNS)
+        print_table(rows, RETRIEVAL_COLUMNS, footer=RETRIEVAL_FOOTER)
     return model
 
 
@@ -833,16 +741,6 @@ def retrieval(model, cfg) -> dict:
     test = open_dataset(cfg, "test", Dist(device=next(model.parameters()).device))
     loader = torch.utils.data.DataLoader(test, batch_size=64, shuffle=False)
     return fusion.evaluate_retrieval(model, loader)
-
-
-def check_ranks_agree(model: nn.Module, dist: Dist):
-    """DDP's promise, checked: every rank ends with the same weights."""
-    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
-    gathered = [torch.zeros_like(total) for _ in range(dist.world)]
-    torch_dist.all_gather(gathered, total.to(dist.device))
-    if dist.main:
-        agree = all(torch.allclose(g, gathered[0]) for g in gathered)
-        print(f"[ddp] {dist.world} ranks hold identical weights: {agree}")
 
 
 def main(argv=None):

@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from data import option, parse_config, resolve_config  # data.py imports no network file (no circle)
+from cli import option, parse_config, resolve_config
 
 
 # ----------------------------------------------------------------------------------------------

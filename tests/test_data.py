@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import data
 
 REAL = data.read_keypoint_csv(data.BUNDLED_ANNOTATIONS)
@@ -354,12 +355,12 @@ def test_resolve_config_presets_instances_and_dicts():
     class Toy:
         width: int = 8
     presets = {"small": Toy(4), "large": Toy(16)}
-    preset = data.resolve_config("small", Toy, presets, "toy")
+    preset = cli.resolve_config("small", Toy, presets, "toy")
     assert preset == Toy(4) and preset is not presets["small"]  # a copy: the caller may edit it
     given = Toy(5)
-    assert data.resolve_config(given, Toy, presets, "toy") is given
-    assert data.resolve_config({"width": 7}, Toy, presets, "toy") == Toy(7)
+    assert cli.resolve_config(given, Toy, presets, "toy") is given
+    assert cli.resolve_config({"width": 7}, Toy, presets, "toy") == Toy(7)
     for spec, message in [("huge", "unknown toy preset 'huge'; choices: small, large"),
                           ({"height": 1}, "toy config: unknown fields ['height']"), (3, "got int")]:
         with pytest.raises(ValueError, match=re.escape(message)):
-            data.resolve_config(spec, Toy, presets, "toy")
+            cli.resolve_config(spec, Toy, presets, "toy")

@@ -1,4 +1,4 @@
-"""Tests of evaluate.py: each metric against a closed form or a second, slower computation;
+"""Tests of metrics.py, scoring.py and evaluate.py: each metric against a closed form or a second, slower computation;
 `python sample.py` then `python evaluate.py`, both without flags; baselines on the generated pairs.
 
     pytest -q tests/test_evaluate.py
@@ -18,8 +18,11 @@ import torch
 from PIL import Image
 
 import evaluate
-from evaluate import (LPIPS, InceptionFeatures, Metrics, feature_stats, frechet_distance,
-                      frechet_distance_to_features, match_files, psnr, ssim)
+import metrics as metrics_lib
+import scoring
+from metrics import (LPIPS, InceptionFeatures, Metrics, feature_stats, frechet_distance,
+                     frechet_distance_to_features, psnr, ssim)
+from scoring import match_files
 
 
 def _ssim_slow(a: np.ndarray, b: np.ndarray, size=11, sigma=1.5) -> float:
@@ -175,7 +178,7 @@ def test_tf_pool_branch_differs_from_torchvision_only_at_the_border():
     torch.manual_seed(0)
     block = torchvision_inception_a()
     x = torch.rand(1, 192, 9, 9)
-    plain, tf = block(x), evaluate._TFPoolBranch(block, max_pool=False)(x)
+    plain, tf = block(x), metrics_lib._TFPoolBranch(block, max_pool=False)(x)
     k = block.branch_pool.conv.out_channels
     assert torch.equal(plain[:, :-k], tf[:, :-k])  # the other branches are untouched
     assert torch.allclose(plain[..., 1:-1, 1:-1], tf[..., 1:-1, 1:-1], atol=1e-6)  # no padding inside
@@ -195,24 +198,24 @@ def test_inception_recognises_a_pytorch_fid_weight_file(tmp_path):
     torch.save(state, tmp_path / "pt_inception.pth")
     loaded = InceptionFeatures(tmp_path / "pt_inception.pth")
     assert loaded.kind.startswith("pytorch-fid")
-    assert isinstance(loaded.net.Mixed_7c, evaluate._TFPoolBranch) and loaded.net.Mixed_7c.max_pool
-    assert not isinstance(net.net.Mixed_7c, evaluate._TFPoolBranch)  # torchvision's own blocks
+    assert isinstance(loaded.net.Mixed_7c, metrics_lib._TFPoolBranch) and loaded.net.Mixed_7c.max_pool
+    assert not isinstance(net.net.Mixed_7c, metrics_lib._TFPoolBranch)  # torchvision's own blocks
 
 
 def test_missing_default_weights_become_notes_and_named_files_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(evaluate, "default_lpips_heads_path", lambda net: None)
-    metrics = evaluate.build_metrics(evaluate.EvalConfig(device="cpu"))
+    monkeypatch.setattr(metrics_lib, "default_lpips_heads_path", lambda net: None)
+    metrics = metrics_lib.build_metrics(evaluate.EvalConfig(device="cpu"))
     assert metrics.lpips is None and metrics.inception is None
     assert any(n.startswith("LPIPS left out") for n in metrics.notes)
     assert any(n.startswith("FID left out") and "TORCH_HOME" in n for n in metrics.notes)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        evaluate.build_metrics(evaluate.EvalConfig(device="cpu", fid_weights=str(tmp_path / "missing.pth")))
+        metrics_lib.build_metrics(evaluate.EvalConfig(device="cpu", fid_weights=str(tmp_path / "missing.pth")))
 
 
 def test_cli_end_to_end_on_identical_folders(tmp_path, capsys, monkeypatch):
     # Inception at 75x75 instead of 299x299 keeps the test fast; the code path is the same
-    monkeypatch.setattr(evaluate, "InceptionFeatures", functools.partial(InceptionFeatures, input_size=75))
+    monkeypatch.setattr(metrics_lib, "InceptionFeatures", functools.partial(InceptionFeatures, input_size=75))
     _write_images(tmp_path / "real", ["a.png", "b.png", "extra.png"], size=(48, 36))
     (tmp_path / "gen").mkdir()
     for source, target in [("s1", "a"), ("s2", "b")]:  # generated = ground truth
@@ -248,7 +251,7 @@ def test_baselines_score_copy_source_and_mean_image(tiny_root):
     torch.manual_seed(0)
     metrics = Metrics(LPIPS(random_init=True), InceptionFeatures(random_init=True, input_size=75))
     # one batch of 6 pairs: the mean-image row reuses the cached real features (one more forward)
-    rows = evaluate.score_baselines(tiny_root, metrics, "test", size=(64, 44), batch_size=8, max_pairs=6)
+    rows = scoring.score_baselines(tiny_root, metrics, "test", size=(64, 44), batch_size=8, max_pairs=6)
     copy, mean = rows["baseline: copy source"], rows["baseline: mean train image"]
     for row in (copy, mean):
         assert row["n_images"] > 0 and 0 < row["ssim"] < 1 and row["lpips"] > 0
@@ -260,12 +263,12 @@ def test_square_files_are_read_as_padded_portraits(tmp_path):
     img = np.zeros((32, 32, 3), dtype=np.uint8)
     img[:, 8:24] = 255  # a white 32x16 person in a black 32x32 padded frame
     Image.fromarray(img).save(tmp_path / "sq.png")
-    loaded = evaluate.load_image(tmp_path / "sq.png", (32, 16))
+    loaded = scoring.load_image(tmp_path / "sq.png", (32, 16))
     assert loaded.shape == (3, 32, 16) and torch.allclose(loaded, torch.ones(3, 32, 16))
 
 
 def test_print_table_skips_absent_columns_and_marks_missing_cells(capsys):
-    evaluate.print_table({"model": {"n_images": 3, "ssim": 0.5, "fid": 10.0}, "other": {"n_images": 3}})
+    scoring.print_table({"model": {"n_images": 3, "ssim": 0.5, "fid": 10.0}, "other": {"n_images": 3}})
     lines = capsys.readouterr().out.splitlines()
     assert "LPIPS" not in lines[0] and "FID" in lines[0]
     assert lines[2].split() == ["other", "3", "-", "-"]
@@ -276,15 +279,15 @@ def test_laplacian_variance_matches_explicit_differences_and_sees_blur():
     x = torch.rand(2, 3, 20, 16, dtype=torch.float64)
     g = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # (B, H, W)
     lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1]
-    assert torch.allclose(evaluate.laplacian_variance(x), lap.flatten(1).var(dim=1))
+    assert torch.allclose(metrics_lib.laplacian_variance(x), lap.flatten(1).var(dim=1))
     blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    assert (evaluate.laplacian_variance(blurred) < 0.5 * evaluate.laplacian_variance(x)).all()
+    assert (metrics_lib.laplacian_variance(blurred) < 0.5 * metrics_lib.laplacian_variance(x)).all()
 
 
 def _quiet_metrics(monkeypatch, tmp_path):
     """No LPIPS / FID weights anywhere: both become notes, and the run takes seconds."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(evaluate, "default_lpips_heads_path", lambda net: None)
+    monkeypatch.setattr(metrics_lib, "default_lpips_heads_path", lambda net: None)
 
 
 def test_no_flags_scores_the_newest_sample_folder_and_baselines_on_its_pairs(ckpts, tiny_root, tmp_path,
@@ -302,12 +305,19 @@ def test_no_flags_scores_the_newest_sample_folder_and_baselines_on_its_pairs(ckp
     sample.main([])
     result = evaluate.main([])
     rows = result["rows"]
-    assert list(rows) == ["rpfm", "baseline: copy source", "baseline: mean train image"]
+    ignore, own = "baseline: ignore the source (mean part colour)", "baseline: the source's own part colour"
+    assert list(rows) == ["rpfm", "baseline: copy source", "baseline: mean train image", ignore, own,
+                          scoring.CEILING_ROW]
     n_test_pairs = len(evaluate.PairDataset(tiny_root, "test", 64, verbose=False))
-    assert [row["n_images"] for row in rows.values()] == [n_test_pairs] * 3  # the same pairs in every row
+    assert [row["n_images"] for row in rows.values()] == [n_test_pairs] * 6  # the same pairs in every row
     assert result["size"] == [64, 44]  # the photos' own size
     copy, mean = rows["baseline: copy source"], rows["baseline: mean train image"]
     assert mean["sharpness"] < copy["sharpness"]  # the average person is the blurry one
+    # both halves of the task in every row that draws: structure and appearance, and the model's
+    # source sensitivity (a 2-step checkpoint barely uses its source, but the number is measured)
+    assert all(k in rows["rpfm"] for k in ("ssim", "part_dE", "torso_dE", "src_sens"))
+    assert rows[own]["part_dE"] < rows[ignore]["part_dE"]  # the source holds the colours a model can copy
+    assert "ssim" not in rows[own] and "ssim" in rows[scoring.CEILING_ROW]
     assert (tmp_path / "runs" / "evaluate.json").is_file()
 
 
@@ -320,8 +330,10 @@ def test_explicit_baselines_are_scored_on_the_generated_pairs(tiny_root, tmp_pat
     result = evaluate.main(["--generated", str(tmp_path / "gen"), "--real", str(tiny_root / "test_highres"),
                             "--baselines", "--data", str(tiny_root), "--size", "64x44",
                             "--out", str(tmp_path / "m.json")])
-    assert [row["n_images"] for row in result["rows"].values()] == [3, 3, 3]
-    assert result["rows"]["gen"]["sharpness"] == pytest.approx(1.0)
+    assert [row["n_images"] for row in result["rows"].values()] == [3] * 5  # gen + 4 baselines, same pairs
+    gen = result["rows"]["gen"]
+    assert gen["sharpness"] == pytest.approx(1.0)
+    assert gen["part_dE"] == pytest.approx(0.0, abs=1e-9)  # the ground truth wears the target's colours
     (tmp_path / "gen" / "stray.png").write_bytes((tmp_path / "gen" / next(
         p.name for p in (tmp_path / "gen").iterdir())).read_bytes())
     with pytest.raises(ValueError, match="name no test pair"):
