@@ -21,11 +21,12 @@ reflow student at 2 and 1 steps; it prints FPDM's release time over the fastest 
 
 Streaming draws one frame per pose as a live system would: the source encoded once, ONE noise for
 every frame (so the person does not change from frame to frame), each frame timed from keypoints to
-image (pose drawing, sampling loop, VAE decoding), and a flicker figure: the mean change between
-consecutive output frames beside that between consecutive pose maps.
+image (pose drawing, sampling loop, VAE decoding), and a flicker figure that a frozen output cannot
+pass: the output change when a pose repeats (0 with one fixed noise; the first pose is drawn again
+after the stream), with its worst frame. streaming.py holds all of this, shared with demo.py.
 
 Run:
-  python sample.py                        # newest finished runs/tiny/{fpdm,rpfm}.pt -> runs/samples/<method>/
+  python sample.py                        # newest finished runs/tiny/{fpdm,rpfm,reflow}.pt -> runs/samples/<method>/
   python evaluate.py                      # then: score that folder (it finds it)
   python sample.py --ckpt runs/tiny/rpfm.pt --limit 64 --steps 4
   python sample.py --benchmark --preset tiny                 # FPDM vs RPFM speed, random weights
@@ -38,24 +39,23 @@ Shape letters: B batch, P pose channels, H W image size, h w latent size, N sour
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-from PIL import Image
 
+import cli
 import data
 import pipeline
-from data import option  # one dataclass field = one --flag
-from pipeline import Generator, Sampling
+import streaming
+from cli import option  # one dataclass field = one --flag
+from pipeline import (CountingModel, Generator, PhaseTimer, Sampling, device_name, generate,  # noqa: F401
+                      photo_size, sync, write_images)  # (re-exported: the timing is sample.py's topic)
 
 
 @dataclass
@@ -93,71 +93,19 @@ class SampleConfig:
     repeats: int = option(5, "timed batches per row in --benchmark")
     source: str = option("", "streaming: one source photo")
     poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
-                            "(256x176 frame, -1 missing)")
+                            "(256x176 frame, -1 or empty missing; an optional '# fps=N' line)")
     pose_frame: str = option("256x176", "streaming: HxW frame of the keypoints in --poses")
-    fps: float = option(10.0, "frames per second of the streaming GIF")
+    fps: float = option(None, "frames per second of the streaming GIF, above 0 and at most 100 "
+                              "(default: the CSV's '# fps=N' line, else 10)")
 
 
 SAMPLING_FLAGS = ("steps", "sampler", "solver", "w_src", "w_fus")
 
 
 # ----------------------------------------------------------------------------------------------
-# Timing: three phases, synchronised clocks, counted model evaluations
+# Timing: pipeline.generate times three phases with synchronised clocks and counts the model
+# evaluations (CountingModel, PhaseTimer); the rows and the printout are here
 # ----------------------------------------------------------------------------------------------
-
-class CountingModel(nn.Module):
-    """Counts UNet evaluations per image: a batched 2-branch call on B images counts 2."""
-
-    def __init__(self, model: nn.Module, batch: int):
-        super().__init__()
-        self.model, self.batch, self.rows = model, batch, 0
-
-    def forward(self, x_t, t, **cond):
-        self.rows += x_t.shape[0]
-        return self.model(x_t, t, **cond)
-
-    @property
-    def nfe(self) -> float:
-        return self.rows / self.batch
-
-
-class PhaseTimer:
-    """Wall-clock seconds per phase; CUDA is synchronised so queued kernels are counted."""
-
-    def __init__(self, device):
-        self.device, self.seconds = device, {}
-
-    @contextmanager
-    def __call__(self, phase: str):
-        sync(self.device)
-        t0 = time.perf_counter()
-        yield
-        sync(self.device)
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()  # like no_grad, and skips autograd's version counting: ~5% at batch 1 on a CPU
-def generate(gen: Generator, source, pose, sampling: Sampling, timer: PhaseTimer, precision: str,
-             tokens=None, noise=None):
-    """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE.
-    tokens: the source already encoded (streaming); noise (B, C, h, w): None draws it here."""
-    counter = CountingModel(gen.unet, source.shape[0])
-    with pipeline.autocast_for(precision, source.device):
-        with timer("source encoding"):
-            cond = pipeline.build_cond(gen.unet, gen.fusion, source, pose, tokens)
-        noise = gen.noise(source.shape[0], source.device) if noise is None else noise  # (B, 4, h, w)
-        with timer("sampling loop"):
-            z = pipeline.sample_latents(gen.process, counter, noise, cond, sampling.steps,
-                                        sampling.w_src, sampling.w_fus, sampling.sampler)
-        with timer("VAE decoding"):
-            images = gen.vae.decode_latents(z.float()).clamp(-1, 1)  # (B, 3, H, W)
-    return images.float(), counter.nfe
-
 
 def timing_row(label: str, gen: Generator, sampling: Sampling, timer: PhaseTimer, images: int,
                nfe: float, batch: int, device) -> dict:
@@ -167,12 +115,6 @@ def timing_row(label: str, gen: Generator, sampling: Sampling, timer: PhaseTimer
            "images": images, "image_size": gen.image_size, "device": device_name(device)}
     row.update({f"ms_{k.split()[0].lower()}": 1000 * v / images for k, v in timer.seconds.items()})
     return row
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
 def print_timing(rows: list[dict]):
@@ -218,7 +160,7 @@ def sampling_from_flags(gen: Generator, cfg: SampleConfig) -> Sampling:
 def open_pairs(gen: Generator, cfg: SampleConfig):
     """(dataset, photo size (H, W)): --data, or the dataset the checkpoint was trained on."""
     root = cfg.data or gen.data_root or str(
-        data.ensure_benchmark(size=data.parse_size(gen.bench_size, "bench_size")))
+        data.ensure_benchmark(size=cli.parse_size(gen.bench_size, "bench_size")))
     dataset = data.PairDataset(root, cfg.split, gen.image_size)
     return dataset, photo_size(dataset)  # generated files get the ground truth's shape
 
@@ -236,7 +178,7 @@ def sample_dataset(cfg: SampleConfig, device):
     warm_up(gen, next(iter(loader)), sampling, cfg, device)
     timer, files, nfe, grid = PhaseTimer(device), [], 0.0, None
     torch.manual_seed(cfg.seed)
-    for batch in data.progress(loader, desc=f"[{gen.method}] generating"):
+    for batch in cli.progress(loader, desc=f"[{gen.method}] generating"):
         src, pose = batch["source"].to(device), batch["target_pose"].to(device)
         images, nfe = generate(gen, src, pose, sampling, timer, cfg.precision)
         files += write_images(images, batch, out, size)
@@ -275,27 +217,6 @@ def maybe_compile(gen: Generator, cfg: SampleConfig, device):
         if device.type == "cpu":
             print("note: --compile on the CPU: the warm-up compiles first (about 1.5 minutes on 2 cores)")
         gen.unet.forward = torch.compile(gen.unet.forward)
-
-
-def photo_size(dataset: data.PairDataset) -> tuple[int, int]:
-    """(H, W) of the dataset's photos, read from its first target image.
-
-    note: some copies store the 176-wide photo padded to a square; the person crop (what
-    data.py loads and evaluate.py scores) then has DeepFashion's 256:176 aspect.
-    """
-    with Image.open(dataset.image_path(dataset.pairs[0][1])) as im:
-        w, h = im.size
-    return (h, round(h * data.FRAME[1] / data.FRAME[0])) if w == h else (h, w)
-
-
-def write_images(images, batch, out: Path, size) -> list[str]:
-    """`{source}___{target}.png`, at the photos' own size: what evaluate.py matches on."""
-    images = data.resize_for_eval(images, size)  # (B, 3, H', W') back to the photo's aspect
-    names = []
-    for img, s, t in zip(images, batch["source_name"], batch["target_name"]):
-        names.append(f"{Path(s).stem}___{Path(t).stem}.png")
-        data.tensor_to_pil(img).save(out / names[-1])
-    return names
 
 
 def grid_rows(batch, images, n: int = 8):
@@ -346,7 +267,7 @@ def benchmark(cfg: SampleConfig, device):
     timers, nfes = [PhaseTimer(device) for _ in rows], [0.0] * len(rows)
     # note: rows take turns within each repeat, so a slower or busier moment of a shared machine
     # falls on every row alike instead of on whichever row happened to run then
-    for _ in data.progress(range(cfg.repeats), desc="[benchmark] repeats"):
+    for _ in cli.progress(range(cfg.repeats), desc="[benchmark] repeats"):
         for i, (_, gen, sampling) in enumerate(rows):
             _, nfes[i] = generate(gen, source, pose, sampling, timers[i], cfg.precision)
     results = [timing_row(label, gen, sampling, timer, cfg.repeats * cfg.batch_size, nfe,
@@ -382,126 +303,60 @@ def print_ratios(rows: list[dict], preset: str):
 # 3. Streaming: one source, a sequence of poses, one frame as each pose arrives
 # ----------------------------------------------------------------------------------------------
 
-def read_pose_csv(path: str) -> list[np.ndarray]:
-    """One frame a row: 36 numbers x0,y0,...,x17,y17; a header line of names is allowed."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--poses {p} does not exist")
-    frames = []
-    with open(p, newline="") as f:
-        for row_no, row in enumerate(csv.reader(f), start=1):
-            cells = [c.strip() for c in row if c.strip()]
-            if not cells or (row_no == 1 and not _is_number(cells[0])):
-                continue  # blank line, or a header
-            if len(cells) != 36 or not all(map(_is_number, cells)):
-                raise ValueError(f"{p} row {row_no}: expected 36 numbers (x, y of the 18 "
-                                 f"OpenPose joints), got {len(cells)} values")
-            frames.append(np.asarray(cells, dtype=np.float32).reshape(18, 2))  # (18, 2) x, y
-    if not frames:
-        raise ValueError(f"{p}: no pose rows found")
-    return frames
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def load_source(path: str, size: int, device) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--source {p} does not exist")
-    try:
-        img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
-    except OSError:
-        raise ValueError(f"--source {p} is not an image PIL can read") from None
-    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()  # (3, H, W)
-    return (x / 127.5 - 1).unsqueeze(0).to(device)  # (1, 3, H, W) in [-1, 1]
+    return streaming.source_tensor(streaming.read_image(p.read_bytes(), f"--source {p}"), size, device)  # (1, 3, H, W)
 
 
 @torch.inference_mode()
 def stream(cfg: SampleConfig, device):
     """One source, a pose per frame, a frame per pose: the live use (sign language, AR/VR, streaming).
 
-    Each frame is timed as a live system would see it, from keypoints to image: drawing the pose
-    map, the sampling loop and VAE decoding (the source is encoded once, before the first frame).
+    streaming.Live holds what stays fixed (the source encoded once, ONE noise for every frame) and times
+    each frame from keypoints to image (pose drawing, sampling loop, VAE decoding). After the stream the
+    first pose is drawn once more: with one fixed noise its frame must come back unchanged.
     """
     gen = Generator.from_checkpoint(find_checkpoint(cfg), cfg.ema, device)
     sampling = sampling_from_flags(gen, cfg)
     maybe_compile(gen, cfg, device)
-    frames = read_pose_csv(cfg.poses)
-    frame_hw = data.parse_size(cfg.pose_frame, "--pose-frame")
+    frame_hw = cli.parse_size(cfg.pose_frame, "--pose-frame")
+    sequence = streaming.read_pose_csv(cfg.poses, frame_hw)
     source = load_source(cfg.source, gen.image_size, device)
-    encode = PhaseTimer(device)
-    with encode("source encoding"):
-        tokens = gen.unet.encode_source(source)  # (1, N, D): once for the whole stream
-    # note: ONE noise for every frame. The noise picks which of the many plausible images is drawn
-    # (which folds, which shade); fresh noise per frame would draw another one each time and the
-    # person would shimmer even while the pose stands still. Reseeding before each frame also fixes
-    # DDPM's per-step noise, so identical poses give identical frames.
-    noise = gen.noise(1, "cpu", torch.Generator().manual_seed(cfg.seed)).to(device)  # (1, C, h, w)
-    live = Live(gen, source, tokens, noise, frame_hw, sampling, cfg.precision, cfg.seed)
+    t0 = time.perf_counter()
+    live = streaming.Live.start(gen, source, frame_hw, sampling, cfg.precision, cfg.seed)
+    sync(device)
+    encode_s = time.perf_counter() - t0  # the source tokens, once for the whole stream
     for _ in range(cfg.warmup):
-        live.frame(frames[0], PhaseTimer(device))
-    images, poses, latencies, nfe = [], [], [], 0.0
-    for kp in data.progress(frames, desc="[stream] frames"):
-        timer = PhaseTimer(device)
-        image, pose, nfe = live.frame(kp, timer)
-        latencies.append(sum(timer.seconds.values()))
-        images.append(image[0].float().cpu())  # (3, H, W) in [-1, 1]
-        poses.append(pose[0, :3].float().cpu())  # (3, H, W) in [0, 1]
-    write_gif(images, poses, cfg, gen)
-    report_stream(latencies, encode.seconds["source encoding"], nfe, gen, sampling, device, flicker(images, poses))
+        live.frame(sequence.frames[0])
+    counter = CountingModel(gen.unet, 1)
+    images, poses, latencies = [], [], []
+    for kp in cli.progress(sequence.frames, desc="[stream] frames"):
+        counter.rows = 0
+        frame = live.frame(kp, counter)
+        latencies.append(sum(frame.ms.values()) / 1000)
+        images.append(frame.image[0].cpu())  # (3, H, W) in [-1, 1]
+        poses.append(frame.pose[0, :3].cpu())  # (3, H, W) in [0, 1]
+    again = live.frame(sequence.frames[0]).image[0].cpu()  # (3, H, W): the repeated-pose check
+    change = streaming.repeat_change(images + [again], sequence.frames + sequence.frames[:1])
+    change["output_change"] = streaming.consecutive_change(images)
+    fps = cfg.fps or sequence.fps or DEFAULT_GIF_FPS
+    write_gif(images, poses, fps, cfg, gen)
+    report_stream(latencies, encode_s, counter.nfe, gen, sampling, device, change)
 
 
-@dataclass
-class Live:
-    """What stays fixed during a stream: the model, the encoded source, the noise, the settings."""
-    gen: Generator
-    source: torch.Tensor   # (1, 3, H, W)
-    tokens: torch.Tensor   # (1, N, D)
-    noise: torch.Tensor    # (1, C, h, w)
-    frame_hw: tuple        # the keypoints' frame
-    sampling: Sampling
-    precision: str
-    seed: int
-
-    def frame(self, keypoints, timer: PhaseTimer):
-        """(image (1, 3, H, W), pose map (1, P, H, W), NFE) of one frame, its phases added to `timer`."""
-        with timer("pose drawing"):
-            pose = pose_tensor(keypoints, self.gen.image_size, self.frame_hw, self.source.device)  # (1, 3, H, W)
-        torch.manual_seed(self.seed)  # the same DDPM step noise for every frame (see `stream`)
-        image, nfe = generate(self.gen, self.source, pose, self.sampling, timer, self.precision, self.tokens,
-                              self.noise)
-        return image, pose, nfe
+DEFAULT_GIF_FPS = 10.0  # without --fps and without a `# fps=N` line in the CSV
 
 
-def flicker(images: list, poses: list) -> dict:
-    """Mean absolute change between consecutive frames, of the output and of the pose maps (both on a
-    [0, 1] scale): output change well above the pose's change is flicker the pose does not explain."""
-    def change(frames):
-        if len(frames) < 2:
-            return 0.0
-        return float(np.mean([(b - a).abs().mean().item() for a, b in zip(frames, frames[1:])]))
-    return {"output_change": change([(x + 1) / 2 for x in images]), "pose_change": change(poses)}
-
-
-def pose_tensor(kp, size: int, frame_hw, device) -> torch.Tensor:
-    pose = data.render_pose(kp, size, size, frame=frame_hw)  # (H, W, 3) uint8
-    return torch.from_numpy(pose).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)  # (1, 3, H, W)
-
-
-def write_gif(images, poses, cfg: SampleConfig, gen: Generator):
-    """stream.gif: each frame is generated | pose map, side by side."""
+def write_gif(images, poses, fps: float, cfg: SampleConfig, gen: Generator):
+    """stream.gif: each frame is generated | pose map, side by side, at `fps` frames per second."""
     out = Path(cfg.out or Path(cfg.runs) / "samples" / f"{gen.method}_stream")
     out.mkdir(parents=True, exist_ok=True)
     frames = [data.tensor_to_pil(torch.cat([img, pose * 2 - 1], 2)) for img, pose in zip(images, poses)]  # (3, H, 2W)
     frames[0].save(out / "stream.gif", save_all=True, append_images=frames[1:],
-                   duration=int(1000 / cfg.fps), loop=0)
-    print(f"[stream] wrote {len(frames)} frames (generated | pose) to {out / 'stream.gif'}")
+                   duration=max(1, round(1000 / fps)), loop=0)
+    print(f"[stream] wrote {len(frames)} frames (generated | pose) at {fps:g} frames/s to {out / 'stream.gif'}")
 
 
 def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device, change: dict):
@@ -515,15 +370,17 @@ def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device, cha
     print(f"[stream] {row['frames']} frames: {row['ms_per_frame']:.1f} ms/frame mean "
           f"({row['ms_per_frame_max']:.1f} max; pose drawing, sampling and VAE decoding), "
           f"{row['frames_per_s']:.2f} frames/s, source encoded once in {row['ms_source_once']:.1f} ms, NFE {nfe:.0f}")
-    print(f"[stream] change between consecutive frames (mean abs, 0-1 scale): output {change['output_change']:.4f}, "
-          f"pose map {change['pose_change']:.4f}")
+    print(f"[stream] flicker: a repeated pose changes the output by {change['repeat_change']:.4f} mean abs "
+          f"(0-1 scale; 0 expected with one fixed noise), worst {change['repeat_change_max']:.4f} at frame "
+          f"{change['repeat_worst_frame']} of {change['repeat_pairs']} repeats; consecutive frames change by "
+          f"{change['output_change']:.4f} (motion and flicker together; no ground-truth video to compare with)")
     print(json.dumps(row))
 
 
 # ----------------------------------------------------------------------------------------------
 
 def parse_config(argv=None) -> SampleConfig:
-    cfg, given = data.parse_config(SampleConfig, argv, __doc__.splitlines()[0])
+    cfg, given = cli.parse_config(SampleConfig, argv, __doc__.splitlines()[0])
     if cfg.benchmark and given & set(SAMPLING_FLAGS):
         flags = ", ".join("--" + f.replace("_", "-") for f in SAMPLING_FLAGS if f in given)
         raise ValueError(f"--benchmark times fixed settings (FPDM DDPM 20, DDIM 50, DDIM 10; RPFM "
@@ -531,6 +388,9 @@ def parse_config(argv=None) -> SampleConfig:
                          f"flag biases it; drop {flags}")
     if bool(cfg.source) != bool(cfg.poses):
         raise ValueError("streaming needs both --source IMG and --poses FILE")
+    if cfg.fps is not None:
+        streaming.check_fps(cfg.fps, "--fps")
+    cli.parse_size(cfg.pose_frame, "--pose-frame")
     return cfg
 
 

@@ -1,7 +1,8 @@
 """Tests of sample.py: generation of the test pairs from a tiny checkpoint (named so that
 evaluate.py matches them, recorded in samples.json), `python sample.py` with no flags, the
 fixed-setting speed benchmark (its rows and counted NFE, never its timings), streaming on a
-three-frame pose file, and one-line errors for bad input.
+three-frame pose file, the flicker measures of streaming.py (a frozen output must score worse than
+the truth), and one-line errors for bad input (flags, CSV rows) with no traceback.
 
     python -m pytest -q tests/test_sample.py
 """
@@ -9,13 +10,16 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import data
-import evaluate
+import scoring
 import pipeline
 import sample
+import streaming
 
 
 def json_lines(text: str) -> list[dict]:
@@ -31,7 +35,7 @@ def test_generates_test_pairs_that_evaluate_matches(ckpts, tiny_root, tmp_path, 
     assert len(files) == 5 and (tmp_path / f"{method}_grid.png").is_file()
     real = tiny_root / "test_highres"
     assert Image.open(files[0]).size == Image.open(next(real.iterdir())).size  # 44 x 64, as the photos
-    assert len(evaluate.match_files(out, real)) == 5
+    assert len(scoring.match_files(out, real)) == 5
     record = json.loads((out / pipeline.SAMPLE_RECORD).read_text())
     assert record["count"] == 5 and sorted(f for _, _, f in record["pairs"]) == [f.name for f in files]
     row = json_lines(capsys.readouterr().out)[-1]
@@ -112,7 +116,9 @@ def test_streaming_three_frames_to_a_gif(ckpts, tiny_root, tmp_path, capsys):
     row = json_lines(capsys.readouterr().out)[-1]
     assert row["mode"] == "stream" and row["frames"] == 3 and row["frames_per_s"] > 0
     assert row["nfe"] == 2 * 2
-    assert row["output_change"] > 0 and row["pose_change"] > 0  # three different poses
+    assert row["output_change"] > 0  # three different poses
+    # the first pose drawn again after the stream: one fixed noise gives its frame back exactly
+    assert row["repeat_pairs"] == 1 and row["repeat_change"] == 0.0 and row["repeat_worst_frame"] == 3
 
 
 @pytest.mark.parametrize("method", ["rpfm", "fpdm"])
@@ -124,7 +130,7 @@ def test_streaming_identical_poses_gives_identical_frames(ckpts, tiny_root, tmp_
     sample.main(["--ckpt", str(ckpts / f"{method}.pt"), "--source", str(source), "--poses", str(poses),
                  "--out", str(tmp_path / "still"), "--steps", "3", "--warmup", "0"])
     row = json_lines(capsys.readouterr().out)[-1]
-    assert row["output_change"] == 0.0 and row["pose_change"] == 0.0
+    assert row["output_change"] == 0.0 and row["repeat_pairs"] == 3 and row["repeat_change_max"] == 0.0
     gif = Image.open(tmp_path / "still" / "stream.gif")
     frames, duration = [], 0
     for i in range(gif.n_frames):  # note: PIL stores identical frames once, their durations summed
@@ -159,3 +165,69 @@ def test_bad_inputs(ckpts, tmp_path):
                            "--poses", str(short)], "row 2: expected 36 numbers")
     expect_one_line_error(["--ckpt", str(ckpts / "rpfm.pt"), "--data", str(tmp_path / "nowhere")],
                           "nowhere")
+
+
+def stream_argv(ckpts, tmp_path, poses, *extra):
+    source = tmp_path / "src.png"
+    Image.new("RGB", (44, 64), (200, 40, 40)).save(source)
+    return ["--ckpt", str(ckpts / "rpfm.pt"), "--source", str(source), "--poses", str(poses),
+            "--out", str(tmp_path / "s"), "--steps", "1", "--warmup", "0", *extra]
+
+
+def test_streaming_bad_frame_rates_and_rows_are_one_line(ckpts, tmp_path):
+    good = write_pose_csv(tmp_path / "good.csv", [[20.0, 30.0] * 18])
+    for fps in ("0", "-5", "nan", "1000"):  # once a ZeroDivisionError and an OverflowError
+        expect_one_line_error(stream_argv(ckpts, tmp_path, good, "--fps", fps), f"--fps {float(fps)!r}: expected")
+    expect_one_line_error(stream_argv(ckpts, tmp_path, good, "--pose-frame", "256"), "--pose-frame '256'")
+    nan = write_pose_csv(tmp_path / "nan.csv", [[20.0, 30.0] * 18, ["nan"] * 36])
+    expect_one_line_error(stream_argv(ckpts, tmp_path, nan), "nan.csv row 2: no joint inside the 256x176 frame")
+    far = write_pose_csv(tmp_path / "far.csv", [[9000.0, 9000.0] * 18])
+    expect_one_line_error(stream_argv(ckpts, tmp_path, far), "far.csv row 1: no joint inside")
+    words = write_pose_csv(tmp_path / "words.csv", [[1.0] * 36, ["x"] * 36])
+    expect_one_line_error(stream_argv(ckpts, tmp_path, words), "words.csv row 2: expected 36 numbers")
+    (tmp_path / "fps.csv").write_text("# fps=0\n" + ",".join(["20"] * 36) + "\n")
+    expect_one_line_error(stream_argv(ckpts, tmp_path, tmp_path / "fps.csv"), "fps.csv row 1: fps '0'")
+
+
+def test_streaming_takes_the_csvs_frame_rate_and_partly_missing_rows(ckpts, tmp_path, capsys):
+    row = [20.0, 30.0] * 18
+    row[2:4] = ["nan", ""]  # joint 1: a NaN and an empty cell are a missing joint, not an error
+    row[4:6] = [190, 300]   # joint 2 just outside the 176x256 frame: onto its edge
+    poses = tmp_path / "p.csv"
+    poses.write_text("# fps=5\n" + ",".join(f"x{i},y{i}" for i in range(18)) + "\n" + ",".join(map(str, row)) + "\n")
+    sequence = streaming.read_pose_csv(poses)
+    assert sequence.fps == 5 and len(sequence.frames) == 1
+    assert sequence.frames[0][1].tolist() == [-1, -1] and sequence.frames[0][2].tolist() == [175, 255]
+    sample.main(stream_argv(ckpts, tmp_path, poses))
+    assert Image.open(tmp_path / "s" / "stream.gif").info["duration"] == 200  # 5 frames/s
+
+
+def test_video_flicker_a_frozen_output_scores_worse_than_the_truth():
+    g = torch.Generator().manual_seed(0)
+    real = [torch.rand(3, 16, 16, generator=g) * 2 - 1 for _ in range(5)]  # (3, H, W) each
+    truth = streaming.video_flicker(real, real)
+    frozen = streaming.video_flicker([real[0]] * 5, real)
+    shimmer = [r + 0.2 * torch.randn(3, 16, 16, generator=g) for r in real]
+    assert truth["flicker_vs_real"] == 0.0
+    assert frozen["flicker_vs_real"] > 0.1 and streaming.video_flicker(shimmer, real)["flicker_vs_real"] > 0.05
+    # the worst frame: a single jump in an otherwise true video
+    jump = list(real)
+    jump[3] = -real[3]
+    assert streaming.video_flicker(jump, real)["flicker_worst_frame"] in (3, 4)
+    with pytest.raises(ValueError, match="same length"):
+        streaming.video_flicker(real[:2], real)
+
+
+def test_repeat_change_is_zero_only_for_the_same_frame():
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)  # (3, H, W)
+    kp0, kp1 = np.zeros((18, 2), np.float32), np.ones((18, 2), np.float32)
+    assert streaming.repeat_change([a, b, a], [kp0, kp1, kp0])["repeat_change"] == 0.0
+    moved = streaming.repeat_change([a, b, b], [kp0, kp1, kp0])  # the same pose drawn differently
+    assert moved["repeat_change"] == 0.5 and moved["repeat_worst_frame"] == 2
+    assert streaming.repeat_change([a, b], [kp0, kp1])["repeat_pairs"] == 0
+
+
+def test_clamped_joints_stay_on_the_frame():
+    kp = np.array([[-40, 10], [500, 900]] + [[5, 5]] * 16, np.float32)
+    out = streaming.clamp_keypoints(kp, (256, 176))
+    assert out[0].tolist() == [0, 10] and out[1].tolist() == [175, 255]

@@ -1,0 +1,698 @@
+"""The live demo: drag a person's joints in a browser page and watch the generated person follow.
+
+RPFM's reason to exist is real time. This script serves one local page (plain HTML/JS, nothing fetched
+from the internet) with the source photo, the target pose's skeleton whose joints you drag, and the
+person generated in that pose, redrawn while you drag. The page chooses the method and step count
+(RPFM's reflow student at 1-2 steps, RPFM Euler k, FPDM DDPM 20 and DDIM k), plays pose sequences at
+their own frame rate (a CSV you give, or a built-in test sequence) and shows frames per second and the
+milliseconds of a frame (network, decoding, transfer) as they happen.
+
+How it stays live:
+  - frames travel over one WebSocket (the `websockets` library serves the page and the socket on one
+    port); the server keeps at most ONE pending pose per tab: a new pose supersedes a stale one, so a
+    slow method drops frames instead of falling behind;
+  - one generation thread does all the torch work (the CPU's cores belong to the network), so the
+    server's event loop never blocks: two tabs, a reload or a disconnect mid-stream all keep working;
+  - each tab is a stream (streaming.Live): its source encoded once and ONE noise for the session, so
+    the person does not change between frames;
+  - bad input (a malformed upload, pose or CSV row) is one message on the page naming it, never a crash.
+
+Run:
+  python demo.py                                   # every finished checkpoint in runs/tiny/, the newest chosen
+  python demo.py --ckpt runs/tiny/reflow.pt,runs/tiny/rpfm.pt --port 8000
+  python demo.py --device cuda --compile           # on a GPU (--compile: the warm-up compiles each method)
+then open the printed address. Tests: python -m pytest -q tests/test_demo.py (headless Chromium).
+
+Papers: RPFM (Jeong et al., arXiv 2505.03562), reflow (Liu et al., arXiv 2209.03003), FPDM (Lee et al.,
+arXiv 2412.07333). Shape letters: H W image size (square, as trained), h w latent size.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import torch
+from websockets.asyncio.server import serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
+
+import cli
+import data
+import pipeline
+import streaming
+from cli import option  # one dataclass field = one --flag
+
+
+@dataclass
+class DemoConfig:
+    ckpt: str = option("", "checkpoint(s), comma-separated; empty: every finished fpdm/rpfm/reflow.pt in "
+                           "<runs>/<preset>/, the newest chosen first")
+    runs: str = option("runs", "train.py's runs folder")
+    preset: str = option("tiny", "the folder searched without --ckpt", choices=tuple(pipeline.MODEL_PRESETS))
+    port: int = option(8765, "port on 127.0.0.1 (0: any free port; the address is printed)")
+    ema: bool = option(True, "generate with the EMA weights")
+    device: str = option("auto", "auto, cpu, cuda, mps ...")
+    threads: int = option(1, "torch CPU threads; at batch 1 the tiny UNet's ops are too small to split, "
+                             "and one thread leaves a core to the server and the browser")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 elsewhere", choices=pipeline.PRECISIONS)
+    compile: bool = option(False, "torch.compile each UNet (CUDA; on the CPU the warm-up takes minutes)")
+    seed: int = option(0, "seed of every session's one noise")
+    sources: int = option(24, "test-set sources offered on the page")
+    max_upload_mb: float = option(4.0, "largest photo or CSV a page may send")
+    log_seconds: float = option(2.0, "seconds between the server's frames-per-second lines")
+
+
+# The page's method choices: (id, label, method, sampler, default steps, most steps). The student is
+# trained for 1-2 steps; RPFM's default is its release (Euler 10); FPDM's DDPM 20 is its release.
+MODES = (
+    ("reflow", "RPFM reflow student, Euler", "reflow", "euler", 2, 2),
+    ("rpfm", "RPFM, Euler", "rpfm", "euler", 0, 50),
+    ("fpdm-ddpm", "FPDM, DDPM (release)", "fpdm", "ddpm", 0, 50),
+    ("fpdm-ddim", "FPDM, DDIM", "fpdm", "ddim", 10, 50),
+)
+BUILTIN_FPS = 20.0  # the built-in test sequence: 4 test poses, 10 frames from each to the next
+BUILTIN_POSES, BUILTIN_BETWEEN = 4, 10
+
+
+# ----------------------------------------------------------------------------------------------
+# What the server holds: the models, the test sources, the built-in sequence
+# ----------------------------------------------------------------------------------------------
+
+def checkpoint_paths(cfg: DemoConfig) -> list:
+    """--ckpt's files, or every finished checkpoint in <runs>/<preset>/ (the newest first)."""
+    if cfg.ckpt:
+        return [p.strip() for p in cfg.ckpt.split(",") if p.strip()]
+    folder = Path(cfg.runs) / cfg.preset
+    newest = pipeline.newest_checkpoint(folder)
+    if newest is None:
+        raise FileNotFoundError(f"no fpdm.pt, rpfm.pt or reflow.pt in {folder}/: run `python train.py "
+                                f"--method rpfm` first, or pass --ckpt PATH")
+    others = []
+    for m in pipeline.LATENT_METHODS:
+        p = folder / f"{m}.pt"
+        if p.is_file() and p != newest and pipeline.is_finished(pipeline.load_checkpoint(p)):
+            others.append(str(p))
+    return [str(newest), *others]
+
+
+def load_models(cfg: DemoConfig, device) -> dict:
+    """method -> Generator, in --ckpt's order (the first is the page's first choice)."""
+    gens = {}
+    for path in checkpoint_paths(cfg):
+        gen = pipeline.Generator.from_checkpoint(path, cfg.ema, device)
+        if gen.method in gens:
+            raise ValueError(f"--ckpt {path}: a second {gen.method} checkpoint (give one per method)")
+        if cfg.compile:
+            gen.unet.forward = torch.compile(gen.unet.forward)
+        gens[gen.method] = gen
+        print(f"demo.py: {gen.method} from {path} (step {gen.step})", flush=True)
+    sizes = {g.image_size for g in gens.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"--ckpt: the checkpoints draw different image sizes {sorted(sizes)}; give one preset")
+    return gens
+
+
+def modes_for(gens: dict) -> list:
+    """The page's choices for the loaded methods, each with its steps (0: the process's release)."""
+    out = []
+    for mode_id, label, method, sampler, steps, most in MODES:
+        if method in gens:
+            default = pipeline.sampling_for(gens[method].process, steps, sampler).steps
+            out.append({"id": mode_id, "label": label, "method": method, "sampler": sampler,
+                        "steps": default, "max_steps": most})
+    return out
+
+
+def test_sources(gens: dict, count: int) -> list:
+    """The first `count` distinct test sources: name, photo, its pair's target pose (256x176 frame)."""
+    gen = next(iter(gens.values()))
+    root = gen.data_root or str(data.ensure_benchmark(size=cli.parse_size(gen.bench_size, "bench_size")))
+    dataset = data.PairDataset(root, "test", gen.image_size, verbose=False)
+    seen, out = set(), []
+    for i, (source, target) in enumerate(dataset.pairs):
+        if source in seen:
+            continue
+        seen.add(source)
+        photo = dataset.load_image(source).unsqueeze(0)  # (1, 3, H, W), as trained
+        png = data_url(dataset.image_path(source).read_bytes(), "image/" + _kind(dataset.image_path(source)))
+        out.append({"name": Path(source).name, "tensor": photo, "image": png,
+                    "pose": pose_json(dataset.keypoints[target])})
+        if len(out) == count:
+            break
+    return out
+
+
+def _kind(path: Path) -> str:
+    return "png" if path.suffix.lower() == ".png" else "jpeg"
+
+
+def builtin_sequence(sources: list) -> dict:
+    """A smooth loop through the first test targets' poses: what 'play the test sequence' plays."""
+    poses = [keypoints_from_json(s["pose"], "built-in") for s in sources[:BUILTIN_POSES]]
+    frames = streaming.interpolate_poses(poses, BUILTIN_BETWEEN)
+    return {"name": "the built-in test sequence", "fps": BUILTIN_FPS, "frames": [pose_json(f) for f in frames]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Messages: poses as JSON (null for a missing joint), images as PNG data URLs
+# ----------------------------------------------------------------------------------------------
+
+def pose_json(kp) -> list:
+    """(18, 2) (x, y), -1 missing -> [[x, y] or null] * 18 for the page."""
+    kp = np.asarray(kp, np.float32).reshape(streaming.JOINTS, 2)  # (18, 2)
+    return [None if m else [round(float(x), 1), round(float(y), 1)] for (x, y), m in zip(kp, data.is_missing(kp))]
+
+
+def keypoints_from_json(joints, where: str) -> np.ndarray:
+    """The page's 18 joints ([x, y] numbers or null) -> (18, 2), clamped into the 256x176 frame.
+
+    note: a joint dragged past the frame's edge arrives with a negative or too large coordinate; it is
+    put on the edge, not turned into a missing joint (negative means missing in the CSV convention)."""
+    ok = isinstance(joints, list) and len(joints) == streaming.JOINTS and all(
+        j is None or (isinstance(j, list) and len(j) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in j))
+        for j in joints)
+    if not ok:
+        raise ValueError(f"{where}: expected 18 joints, each [x, y] finite numbers or null")
+    missing = np.array([j is None for j in joints])
+    if missing.all():
+        raise ValueError(f"{where}: every joint is missing; expected at least one")
+    kp = np.array([j or [0, 0] for j in joints], np.float64)  # (18, 2)
+    kp = streaming.clamp_keypoints(kp, data.FRAME)
+    kp[missing] = data.MISSING
+    return kp
+
+
+def data_url(blob: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(blob).decode("ascii")
+
+
+def from_data_url(text, where: str) -> bytes:
+    if not isinstance(text, str) or "," not in text:
+        raise ValueError(f"{where}: expected the file's contents as a data URL")
+    try:
+        return base64.b64decode(text.split(",", 1)[1], validate=True)
+    except ValueError:
+        raise ValueError(f"{where}: the file's contents are not valid base64") from None
+
+
+def png_of(image: torch.Tensor) -> bytes:
+    """(1, 3, H, W) in [-1, 1] -> PNG bytes (the page stretches it back to the photo's 176:256)."""
+    buf = io.BytesIO()
+    data.tensor_to_pil(image[0].cpu()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# One tab: a stream of its own (source, method, steps, one noise), at most one pending pose
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    """What a tab's stream is drawn with; a new Spec (new source or settings) restarts its stream."""
+    gen: pipeline.Generator
+    source: torch.Tensor  # (1, 3, H, W)
+    sampling: pipeline.Sampling
+    label: str
+
+
+class Session:
+    def __init__(self, server: "Server", ws, number: int):
+        self.server, self.ws, self.number = server, ws, number
+        self.source = server.sources[0]["tensor"]  # (1, 3, H, W)
+        self.mode, self.steps = server.modes[0], server.modes[0]["steps"]
+        self.spec = self.make_spec()
+        self.live, self.live_spec = None, None  # built in the generation thread, from self.spec
+        self.pending, self.last = None, None  # (seq, keypoints, arrival); the last pose drawn
+        self.wake = asyncio.Event()
+        self.times, self.ms = [], {}  # since the last log line
+        self.dropped = 0  # poses superseded before they were drawn
+
+    def make_spec(self) -> Spec:
+        gen = self.server.gens[self.mode["method"]]
+        sampling = pipeline.sampling_for(gen.process, self.steps, self.mode["sampler"])
+        return Spec(gen, self.source.to(self.server.device), sampling,
+                    f"{gen.method} {sampling.sampler} {sampling.steps}")
+
+    async def run(self):
+        await self.send(self.server.hello())
+        render = asyncio.create_task(self.render_loop())
+        try:
+            async for message in self.ws:
+                await self.handle(message)
+        except ConnectionClosed:
+            pass  # a closed tab or a reload: its stream ends, the server goes on
+        finally:
+            render.cancel()
+
+    async def handle(self, message):
+        try:
+            msg = json.loads(message) if isinstance(message, str) else None
+            if not isinstance(msg, dict):
+                raise ValueError("message: expected a JSON object")
+            on = {"pose": self.on_pose, "settings": self.on_settings, "source": self.on_source,
+                  "sequence": self.on_sequence}.get(msg.get("type"))
+            if on is None:
+                raise ValueError(f"message type {msg.get('type')!r}: expected pose, settings, source or sequence")
+            await on(msg)
+        except json.JSONDecodeError:
+            await self.send({"type": "error", "message": "message: not valid JSON"})
+        except ValueError as e:
+            await self.send({"type": "error", "message": str(e)})
+
+    async def on_pose(self, msg):
+        self.request(msg.get("seq"), keypoints_from_json(msg.get("keypoints"), "pose"))
+
+    def request(self, seq, kp):
+        """The newest pose replaces a pending one: a slow method drops frames, it never falls behind."""
+        if self.pending is not None:
+            self.dropped += 1
+        self.pending = (seq, kp, time.perf_counter())
+        self.wake.set()
+
+    def redraw(self):
+        if self.last is not None:
+            self.request(self.last[0], self.last[1])
+
+    async def on_settings(self, msg):
+        mode = next((m for m in self.server.modes if m["id"] == msg.get("mode")), None)
+        if mode is None:
+            ids = ", ".join(m["id"] for m in self.server.modes)
+            raise ValueError(f"method {msg.get('mode')!r}: this server has {ids} (train the others first)")
+        steps = msg.get("steps", mode["steps"])
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= mode["max_steps"]:
+            raise ValueError(f"steps {steps!r}: expected a whole number from 1 to {mode['max_steps']} for {mode['label']}")
+        self.mode, self.steps = mode, steps
+        self.spec = self.make_spec()
+        await self.send({"type": "ready", "message": f"method: {self.spec.label}"})
+        self.redraw()
+
+    async def on_source(self, msg):
+        if "test" in msg:
+            i = msg["test"]
+            if not isinstance(i, int) or not 0 <= i < len(self.server.sources):
+                raise ValueError(f"source {i!r}: expected a test source from 0 to {len(self.server.sources) - 1}")
+            self.source, name = self.server.sources[i]["tensor"], self.server.sources[i]["name"]
+        else:
+            name = f"upload {str(msg.get('name', ''))[:80]!r}"
+            image = streaming.read_image(from_data_url(msg.get("upload"), name), name)
+            self.source = streaming.source_tensor(image, self.server.image_size, "cpu")  # (1, 3, H, W)
+        self.spec = self.make_spec()
+        await self.send({"type": "ready", "message": f"source: {name}"})
+        self.redraw()
+
+    async def on_sequence(self, msg):
+        name = f"upload {str(msg.get('name', ''))[:80]!r}"
+        text = msg.get("csv")
+        if not isinstance(text, str):
+            raise ValueError(f"{name}: expected the CSV's text")
+        sequence = streaming.parse_pose_csv(text, name, data.FRAME)
+        await self.send({"type": "sequence", "name": name, "fps": sequence.fps,
+                         "frames": [pose_json(f) for f in sequence.frames]})
+
+    async def render_loop(self):
+        """Draw the newest pose in the generation thread, send it, repeat; the event loop only waits."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.pending is None:
+                continue
+            seq, kp, arrived = self.pending
+            self.pending, self.last = None, (seq, kp)
+            try:
+                reply = await self.server.in_worker(self.draw, kp, arrived)
+            except (ValueError, RuntimeError) as e:  # e.g. an upload the model cannot take
+                await self.send({"type": "error", "message": f"generation failed: {e}"})
+                continue
+            self.count(reply["ms"])
+            await self.send({**reply, "seq": seq, "dropped": self.dropped})
+
+    def draw(self, kp, arrived: float) -> dict:
+        """In the generation thread: (re)start the stream if its Spec changed, draw, encode the PNG."""
+        wait = 1000 * (time.perf_counter() - arrived)  # behind another tab's frame, or a restart
+        spec = self.spec  # note: read once; the event loop may replace it meanwhile
+        if self.live_spec is not spec:
+            self.live = streaming.Live.start(spec.gen, spec.source, data.FRAME, spec.sampling,
+                                             self.server.cfg.precision, self.server.cfg.seed)
+            self.live_spec = spec
+        frame = self.live.frame(kp)
+        t0 = time.perf_counter()
+        png = png_of(frame.image)
+        ms = {**frame.ms, "encode": 1000 * (time.perf_counter() - t0), "wait": wait}
+        return {"type": "frame", "image": data_url(png), "ms": ms, "label": spec.label}
+
+    def count(self, ms: dict):
+        self.times.append(time.perf_counter())
+        for k, v in ms.items():
+            self.ms[k] = self.ms.get(k, 0.0) + v
+
+    def log_line(self) -> str | None:
+        """Frames per second as the page counts them: frames after the first over the time between them."""
+        times, n = self.times, len(self.times)
+        if n < 2:
+            return None
+        fps = (n - 1) / (times[-1] - times[0])
+        parts = " | ".join(f"{k} {v / n:.1f} ms" for k, v in self.ms.items())
+        self.times, self.ms = times[-1:], {}
+        return f"[demo] tab {self.number} | {self.spec.label} | {fps:.1f} frames/s | {parts} | dropped {self.dropped}"
+
+    async def send(self, msg: dict):
+        try:
+            await self.ws.send(json.dumps(msg))
+        except ConnectionClosed:
+            pass  # the tab went away; run() ends this session
+
+
+# ----------------------------------------------------------------------------------------------
+# The server: the page over HTTP, a Session per WebSocket, one generation thread for all
+# ----------------------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, cfg: DemoConfig, gens: dict, device):
+        self.cfg, self.gens, self.device = cfg, gens, device
+        self.image_size = next(iter(gens.values())).image_size
+        self.modes = modes_for(gens)
+        self.sources = test_sources(gens, cfg.sources)
+        self.builtin = builtin_sequence(self.sources)
+        # one thread: torch already uses the cores it is given; two frames at once would only split them
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.sessions, self.opened = {}, 0
+
+    def hello(self) -> dict:
+        return {"type": "hello", "modes": self.modes, "builtin": self.builtin, "frame": list(data.FRAME),
+                "limbs": data.LIMBS, "colors": data.POSE_COLORS, "max_upload_mb": self.cfg.max_upload_mb,
+                "sources": [{k: s[k] for k in ("name", "image", "pose")} for s in self.sources]}
+
+    async def in_worker(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def process_request(self, connection, request):
+        """The page at /, the stream at /ws, anything else 404."""
+        if request.path == "/ws":
+            return None  # go on with the WebSocket handshake
+        if request.path.split("?")[0] in ("/", "/index.html"):
+            body = PAGE.encode()
+            headers = Headers([("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
+                               ("Cache-Control", "no-store")])
+            return Response(HTTPStatus.OK, "OK", headers, body)
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found: the demo's page is at /\n")
+
+    async def handler(self, ws):
+        self.opened += 1
+        session = self.sessions[self.opened] = Session(self, ws, self.opened)
+        print(f"[demo] tab {session.number} connected ({len(self.sessions)} open)", flush=True)
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.number]
+            print(f"[demo] tab {session.number} closed ({len(self.sessions)} open)", flush=True)
+
+    async def log_loop(self):
+        while True:
+            await asyncio.sleep(self.cfg.log_seconds)
+            for session in list(self.sessions.values()):
+                line = session.log_line()
+                if line:
+                    print(line, flush=True)
+
+    def warm_up(self):
+        """One untimed frame per method before the first tab: allocation (and --compile) happen here."""
+        kp = keypoints_from_json(self.sources[0]["pose"], "warm-up")
+        for mode in self.modes:
+            gen = self.gens[mode["method"]]
+            sampling = pipeline.sampling_for(gen.process, mode["steps"], mode["sampler"])
+            live = streaming.Live.start(gen, self.sources[0]["tensor"].to(self.device), data.FRAME, sampling,
+                                        self.cfg.precision, self.cfg.seed)
+            live.frame(kp)
+            ms = live.frame(kp).ms
+            print(f"demo.py: {mode['label']} {sampling.steps} steps: {sum(ms.values()):.1f} ms a frame "
+                  f"(network {ms['network']:.1f}, decoding {ms['decode']:.1f})", flush=True)
+
+
+async def serve_page(server: Server, cfg: DemoConfig):
+    limit = int(cfg.max_upload_mb * 1024 * 1024 * 4 / 3) + 4096  # base64 grows a file by 4/3
+    try:
+        ws_server = await serve(server.handler, "127.0.0.1", cfg.port, process_request=server.process_request,
+                                max_size=limit)
+    except OSError as e:
+        raise ValueError(f"--port {cfg.port} on 127.0.0.1: {e.strerror}; pass another --port "
+                         f"(0: any free port)") from None
+    async with ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        print(f"demo.py: serving http://127.0.0.1:{port}/ (Ctrl-C stops)", flush=True)
+        await server.log_loop()
+
+
+def parse_config(argv=None) -> DemoConfig:
+    cfg, _ = cli.parse_config(DemoConfig, argv, __doc__.splitlines()[0])
+    if not 0 <= cfg.port <= 65535:
+        raise ValueError(f"--port {cfg.port}: expected 0 (any free port) to 65535")
+    if not cfg.max_upload_mb > 0 or not cfg.log_seconds > 0 or cfg.sources < BUILTIN_POSES:
+        raise ValueError(f"--max-upload-mb and --log-seconds must be above 0, --sources at least {BUILTIN_POSES}")
+    return cfg
+
+
+def run(cfg: DemoConfig):
+    device = pipeline.pick_device(cfg.device)
+    if device.type == "cpu" and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    server = Server(cfg, load_models(cfg, device), device)
+    server.warm_up()
+    asyncio.run(serve_page(server, cfg))
+
+
+def main(argv=None):
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)  # a tab that vanishes mid-handshake is not news
+    try:
+        run(parse_config(argv))
+    except (ValueError, FileNotFoundError, data.DataError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("demo.py: stopped")
+
+
+# ----------------------------------------------------------------------------------------------
+# The page: plain HTML and JavaScript, nothing fetched from elsewhere
+# ----------------------------------------------------------------------------------------------
+
+PAGE = r"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Live pose-guided person synthesis</title>
+<style>
+ body { font: 14px sans-serif; margin: 16px; background: #fafafa; }
+ .row { display: flex; gap: 16px; }
+ figure { margin: 0; text-align: center; }
+ img, canvas { width: 176px; height: 256px; background: #000; image-rendering: pixelated; border: 1px solid #888; }
+ canvas { cursor: crosshair; }
+ .controls, .stats, #sequence, #message { margin-top: 10px; }
+ .stats b { display: inline-block; min-width: 3em; }
+ #message.error { color: #b00; font-weight: bold; } #message.ok { color: #070; }
+</style></head><body>
+<h2>Drag a joint: the person follows</h2>
+<div class="row">
+ <figure><img id="source" alt="source"><figcaption>source</figcaption></figure>
+ <figure><canvas id="pose" width="176" height="256"></canvas><figcaption>target pose (drag the joints)</figcaption></figure>
+ <figure><img id="generated" alt="generated"><figcaption id="label">generated</figcaption></figure>
+</div>
+<div class="controls">
+ <label>source <select id="test"></select></label>
+ <label>or upload a photo <input type="file" id="upload" accept="image/*"></label><br>
+ <label>method <select id="mode"></select></label>
+ <label>steps <input id="steps" type="number" min="1" max="50" style="width: 4em"></label><br>
+ <button id="builtin">play the test sequence</button>
+ <label>or a pose CSV <input type="file" id="csv" accept=".csv,text/csv,text/plain"></label>
+ <label>at <input id="seqfps" type="number" value="10" min="1" max="100" style="width: 4em"> frames/s
+  (unless it has a '# fps=N' line)</label>
+ <button id="speed">speed test</button>
+</div>
+<div class="stats">frames/s <b id="fps">0</b> | ms per frame: network <b id="ms-network">-</b>
+ decoding <b id="ms-decode">-</b> transfer <b id="ms-transfer">-</b> | frames <b id="frames">0</b>
+ | dropped <b id="dropped">0</b></div>
+<div id="sequence"></div>
+<div id="message"></div>
+<script>
+"use strict";
+const $ = id => document.getElementById(id);
+const demo = {frames: 0, seq: 0, sent: {}, times: [], kp: null, cfg: null, drag: -1, ws: null,
+              lastImage: null, playing: false, playback: null, speed: null, speedResult: null, errors: []};
+window.demo = demo;
+const canvas = $("pose"), ctx = canvas.getContext("2d");
+
+function connect() {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  demo.ws = ws;
+  ws.onmessage = e => receive(JSON.parse(e.data));
+  ws.onclose = () => { say("connection to the server lost; reconnecting ..."); setTimeout(connect, 1000); };
+}
+function send(msg) { if (demo.ws && demo.ws.readyState === 1) demo.ws.send(JSON.stringify(msg)); }
+function say(text, ok) {
+  $("message").textContent = text; $("message").className = ok ? "ok" : "error";
+  if (!ok) demo.errors.push(text);
+}
+function receive(m) {
+  if (m.type === "hello") hello(m);
+  else if (m.type === "frame") frame(m);
+  else if (m.type === "sequence") play(m.frames, m.fps || Number($("seqfps").value), m.name);
+  else if (m.type === "error") say(m.message);
+  else if (m.type === "ready") say(m.message, true);
+}
+
+function hello(m) {
+  demo.cfg = m;
+  $("test").innerHTML = m.sources.map((s, i) => `<option value="${i}">${i}: ${s.name}</option>`).join("");
+  $("mode").innerHTML = m.modes.map(x => `<option value="${x.id}">${x.label}</option>`).join("");
+  $("source").src = m.sources[0].image;
+  $("steps").value = m.modes[0].steps; $("steps").max = m.modes[0].max_steps;
+  demo.kp = m.sources[0].pose; draw(); sendPose();
+}
+function settings() {
+  $("sequence").textContent = "";  // a speed test's line belongs to the setting it measured
+  send({type: "settings", mode: $("mode").value, steps: Number($("steps").value)});
+}
+$("mode").onchange = () => {
+  const mode = demo.cfg.modes.find(x => x.id === $("mode").value);
+  $("steps").value = mode.steps; $("steps").max = mode.max_steps; settings();
+};
+$("steps").onchange = settings;
+$("test").onchange = () => {
+  const s = demo.cfg.sources[Number($("test").value)];
+  $("source").src = s.image; demo.kp = s.pose; draw();
+  send({type: "source", test: Number($("test").value)}); sendPose();
+};
+function tooBig(file) {
+  if (file.size <= demo.cfg.max_upload_mb * 1048576) return false;
+  say(`upload '${file.name}': ${(file.size / 1048576).toFixed(1)} MB, the limit is ${demo.cfg.max_upload_mb} MB`);
+  return true;
+}
+$("upload").onchange = () => {
+  const file = $("upload").files[0]; if (!file || tooBig(file)) return;
+  const reader = new FileReader();
+  reader.onload = () => { $("source").src = reader.result; send({type: "source", upload: reader.result, name: file.name}); };
+  reader.readAsDataURL(file); $("upload").value = "";
+};
+$("csv").onchange = () => {
+  const file = $("csv").files[0]; if (!file || tooBig(file)) return;
+  file.text().then(text => send({type: "sequence", csv: text, name: file.name})); $("csv").value = "";
+};
+$("builtin").onclick = () => play(demo.cfg.builtin.frames, demo.cfg.builtin.fps, demo.cfg.builtin.name);
+$("speed").onclick = () => speedTest(100);
+
+function draw() {
+  const [H, W] = demo.cfg.frame, kp = demo.kp, hex = c => `rgb(${c[0]},${c[1]},${c[2]})`;
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H); ctx.lineWidth = 6;
+  demo.cfg.limbs.forEach(([a, b], i) => {
+    if (!kp[a] || !kp[b]) return;
+    ctx.strokeStyle = hex(demo.cfg.colors[i]); ctx.beginPath();
+    ctx.moveTo(kp[a][0], kp[a][1]); ctx.lineTo(kp[b][0], kp[b][1]); ctx.stroke();
+  });
+  kp.forEach((p, j) => {
+    if (!p) return;
+    ctx.fillStyle = hex(demo.cfg.colors[j]); ctx.beginPath(); ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI); ctx.fill();
+  });
+}
+function sendPose() {
+  demo.seq += 1; demo.sent[demo.seq] = performance.now();
+  send({type: "pose", seq: demo.seq, keypoints: demo.kp});
+}
+function at(e) {  // the mouse in the keypoints' frame, clamped onto it: a joint dragged outside stays on the edge
+  const r = canvas.getBoundingClientRect(), [H, W] = demo.cfg.frame;
+  const x = (e.clientX - r.left) * W / r.width, y = (e.clientY - r.top) * H / r.height;
+  return [Math.min(W - 1, Math.max(0, x)), Math.min(H - 1, Math.max(0, y))];
+}
+canvas.onmousedown = e => {
+  const p = at(e); let best = -1, near = 15;
+  demo.kp.forEach((q, i) => { if (q && Math.hypot(q[0] - p[0], q[1] - p[1]) < near) { near = Math.hypot(q[0] - p[0], q[1] - p[1]); best = i; } });
+  demo.drag = best;
+};
+window.onmousemove = e => { if (demo.drag < 0) return; demo.kp[demo.drag] = at(e); draw(); sendPose(); };
+window.onmouseup = () => { demo.drag = -1; };
+
+function frame(m) {
+  const now = performance.now(), sent = demo.sent[m.seq];
+  $("generated").src = m.image; $("label").textContent = `generated: ${m.label}`;
+  demo.lastImage = m.image; demo.frames += 1; demo.lastSeq = m.seq; demo.times.push(now);
+  for (const s in demo.sent) if (Number(s) <= m.seq) delete demo.sent[s];
+  const server = m.ms.pose + m.ms.network + m.ms.decode + m.ms.encode;
+  $("ms-network").textContent = (m.ms.pose + m.ms.network).toFixed(1);
+  $("ms-decode").textContent = m.ms.decode.toFixed(1);
+  // transfer: the round trip less the server's work and its wait (behind an earlier frame)
+  if (sent !== undefined) $("ms-transfer").textContent = Math.max(0, now - sent - server - m.ms.wait).toFixed(1);
+  $("frames").textContent = demo.frames; $("dropped").textContent = m.dropped;
+  if (demo.playback && m.seq >= demo.playback.firstSeq) playbackFrame(m);
+  if (demo.speed) speedFrame(m, now);
+}
+function fps() {  // frames after the first over the time between them, in the last 2 s (as the server counts)
+  const now = performance.now();
+  demo.times = demo.times.filter(t => now - t < 2000);
+  const t = demo.times, value = t.length > 1 ? (t.length - 1) * 1000 / (t[t.length - 1] - t[0]) : 0;
+  demo.fps = value; $("fps").textContent = value.toFixed(1);
+}
+setInterval(fps, 250);
+
+function play(frames, rate, name) {  // at the sequence's own rate: the pose due now, never a late one
+  if (demo.speed || demo.playing) return;
+  clearInterval(demo.timer);
+  const start = performance.now(); let due = -1;
+  demo.playing = true;
+  demo.playback = {name, n: frames.length, fps: rate, firstSeq: demo.seq + 1, lastSeq: null, shown: 0};
+  $("sequence").textContent = `playing ${name}: ${frames.length} poses at ${rate} frames/s ...`;
+  demo.timer = setInterval(() => {
+    const i = Math.floor((performance.now() - start) * rate / 1000);
+    if (i >= frames.length) {  // the last pose was sent (or is overdue): wait for its frame
+      clearInterval(demo.timer); demo.playback.lastSeq = demo.seq;
+      if (demo.lastSeq >= demo.seq) finishPlayback();
+      return;
+    }
+    if (i !== due) { due = i; demo.kp = frames[i].map(p => p && p.slice()); draw(); sendPose(); }
+  }, 4);
+}
+function playbackFrame(m) {
+  demo.playback.shown += 1;
+  if (demo.playback.lastSeq !== null && m.seq >= demo.playback.lastSeq) finishPlayback();
+}
+function finishPlayback() {
+  const p = demo.playback;
+  $("sequence").textContent = `played ${p.name}: ${p.n} poses at ${p.fps} frames/s, ${p.shown} frames shown, ` +
+    `${p.n - p.shown} dropped (the pose due was drawn, never a late one)`;
+  demo.playing = false; demo.playback = null; demo.played = p;
+}
+function speedTest(n) {  // as fast as the server draws: two poses in flight, so it never waits for the page
+  if (demo.speed || demo.playing) return;
+  const frames = demo.cfg.builtin.frames;
+  demo.speed = {n, sentCount: 0, got: 0, first: null, frames};
+  demo.speedResult = null;
+  for (let k = 0; k < 2; k++) speedSend();
+}
+function speedSend() {
+  const s = demo.speed; demo.kp = s.frames[s.sentCount % s.frames.length].map(p => p && p.slice());
+  s.sentCount += 1; draw(); sendPose();
+}
+function speedFrame(m, now) {
+  const s = demo.speed; s.got += 1;
+  if (s.first === null) s.first = now;
+  if (s.sentCount < s.n) speedSend();
+  else if (s.got >= s.n || m.seq === demo.seq) {
+    const value = (s.got - 1) * 1000 / (now - s.first);
+    demo.speedResult = {frames: s.got, seconds: (now - s.first) / 1000, fps: value, label: m.label};
+    $("sequence").textContent = `speed test: ${s.got} frames in ${((now - s.first) / 1000).toFixed(2)} s = ` +
+      `${value.toFixed(1)} frames/s (${m.label}, decoding and transfer included)`;
+    demo.speed = null;
+  }
+}
+connect();
+</script></body></html>
+"""
+
+
+if __name__ == "__main__":
+    main()
