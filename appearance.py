@@ -157,9 +157,11 @@ class PartColourScore:
 
     def add(self, gen: tuple, target: tuple):
         """gen, target: part_colours(...) results (lab, rgb, visible) of the same B pairs."""
-        self.gen_lab.append(gen[0]), self.gen_rgb.append(gen[1])
-        self.tgt_lab.append(target[0]), self.tgt_rgb.append(target[1])
-        self.visible.append(gen[2] & target[2])
+        self.gen_lab.append(gen[0])
+        self.gen_rgb.append(gen[1])
+        self.tgt_lab.append(target[0])
+        self.tgt_rgb.append(target[1])
+        self.visible.append(gen[2] & target[2])  # (B, P): counted where both sides have the part
 
     def result(self) -> dict:
         if not self.visible:
@@ -189,7 +191,9 @@ def mean_part_colours(batches) -> tuple[torch.Tensor, torch.Tensor]:
     for images, keypoints in batches:
         lab, rgb, vis = part_colours(images, keypoints)
         weight = vis.double()[..., None]  # (B, P, 1)
-        lab_sum, rgb_sum, count = lab_sum + (lab * weight).sum(0), rgb_sum + (rgb * weight).sum(0), count + weight.sum(0)
+        lab_sum = lab_sum + (lab * weight).sum(0)  # (P, 3)
+        rgb_sum = rgb_sum + (rgb * weight).sum(0)  # (P, 3)
+        count = count + weight.sum(0)  # (P, 1)
     count = torch.as_tensor(count).clamp_min(1)
     return lab_sum / count, rgb_sum / count  # (P, 3) each
 

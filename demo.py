@@ -137,7 +137,7 @@ def modes_for(gens: dict) -> list:
 def test_sources(gens: dict, count: int) -> list:
     """The first `count` distinct test sources: name, photo, its pair's target pose (256x176 frame)."""
     gen = next(iter(gens.values()))
-    root = gen.data_root or str(data.ensure_benchmark(size=cli.parse_size(gen.bench_size, "bench_size")))
+    root = gen.dataset_root()
     dataset = data.PairDataset(root, "test", gen.image_size, verbose=False)
     seen, out = set(), []
     for i, (source, target) in enumerate(dataset.pairs):

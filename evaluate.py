@@ -47,8 +47,8 @@ from data import PairDataset
 from guidance import guided_output
 from metrics import Metrics, build_metrics, frechet_distance, psnr, ssim  # noqa: F401 (DESIGN's public names)
 from pipeline import Generator, Sampling
-from scoring import (CEILING_ROW, RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, match_files, print_table, reference_stats, score_baselines,  # noqa: F401
-                     score_ceiling, score_pairs, score_sensitivity, NAME_SEPARATOR)
+from scoring import (CEILING_ROW, NAME_SEPARATOR, RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, match_files, print_table,
+                     reference_stats, score_baselines, score_ceiling, score_pairs, score_sensitivity)
 from sweep import DEFAULT_REFLOW_CKPT, run_sweep
 from unet import timestep_embedding
 
@@ -176,7 +176,7 @@ ONE_STEP_FOOTER = ("higher is better: SSIM; lower is better: latent RMSE (unit-v
 def run_one_step(cfg: EvalConfig) -> dict:
     """--one-step CKPT: the table of one_step_batch over the split (or its first --limit pairs)."""
     gen = Generator.from_checkpoint(cfg.one_step, cfg.ema, "cpu")
-    root = cfg.data or gen.data_root or data.ensure_benchmark(size=parse_size(gen.bench_size, "bench_size"))
+    root = cfg.data or gen.dataset_root()
     dataset = PairDataset(root, cfg.split, gen.image_size, verbose=False)
     subset = torch.utils.data.Subset(dataset, range(min(cfg.limit or len(dataset), len(dataset))))
     loader = torch.utils.data.DataLoader(subset, batch_size=max(cfg.batch_size, 64), shuffle=False)
@@ -222,6 +222,7 @@ class Plan:
     keypoints: Optional[list] = None    # the generated row's target keypoints (data.FRAME): colour columns
     checkpoint: str = ""                # the generator behind the row: source sensitivity and the ceiling
     sampling: Optional[dict] = None     # how it sampled (sample.py's record)
+    ema: bool = True                    # with the checkpoint's EMA weights (sample.py's default)
 
 
 def plan_request(cfg: EvalConfig) -> Plan:
@@ -278,7 +279,8 @@ def plan_newest_samples(cfg: EvalConfig) -> Plan:
     size = parse_size(cfg.size) if cfg.size else tuple(record["photo_size"])
     return Plan(size, generated, folder.name, record["data_root"], record["split"],
                 [(source, target) for source, target, _ in rows],
-                [dataset.keypoints[target] for _, target, _ in rows], record["checkpoint"], record["sampling"])
+                [dataset.keypoints[target] for _, target, _ in rows], record["checkpoint"], record["sampling"],
+                record.get("ema", True))
 
 
 def pairs_named_by(files, root, split: str) -> list[tuple[str, str]]:
@@ -306,7 +308,7 @@ def score_plan(plan: Plan, cfg: EvalConfig, metrics: Metrics, ref_stats) -> dict
                                       ref_stats=ref_stats, desc=plan.name, keypoints=plan.keypoints)
     gen = None
     if plan.checkpoint and Path(plan.checkpoint).is_file():
-        gen = Generator.from_checkpoint(plan.checkpoint, True, metrics.device)
+        gen = Generator.from_checkpoint(plan.checkpoint, plan.ema, metrics.device)
         dataset = PairDataset(plan.data, plan.split, gen.image_size, verbose=False)
         if cfg.sens_pairs > 0 and plan.sampling is not None:
             rows[plan.name].update(score_sensitivity(gen, dataset, Sampling(**plan.sampling), cfg.sens_pairs,

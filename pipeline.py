@@ -21,7 +21,8 @@ flow_matching), never the scripts train.py / sample.py / evaluate.py.
 Papers: FPDM (Lee et al., arXiv 2412.07333), RPFM (Jeong et al., arXiv 2505.03562), latent
 diffusion (Rombach et al., arXiv 2112.10752), DiT's EMA sampling (Peebles & Xie, arXiv 2212.09748).
 
-Run: used by `python sample.py`, `python evaluate.py`, `python demo.py`; tests: python -m pytest -q tests/test_pipeline.py
+Run: used by `python sample.py`, `python evaluate.py`, `python demo.py`.
+Test: python -m pytest -q tests/test_pipeline.py
 
 Shape letters: B batch, H W image size, h w latent size, N source tokens, D embedding width.
 """
@@ -45,6 +46,7 @@ import flow_matching
 import fusion
 import unet as unet_lib
 import vae as vae_lib
+from cli import parse_size
 from guidance import INDEPENDENT_DROP, JOINT_DROP
 
 CKPT_VERSION = 1
@@ -289,6 +291,10 @@ class Generator:
     @property
     def image_size(self) -> int:
         return self.unet.config.image_size
+
+    def dataset_root(self) -> str:
+        """The dataset it was trained on: its folder, or the built-in benchmark (drawn on first use)."""
+        return self.data_root or str(data.ensure_benchmark(size=parse_size(self.bench_size, "bench_size")))
 
     def noise(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         c, h = self.unet.config.latent_channels, self.unet.config.latent_size

@@ -54,8 +54,9 @@ import data
 import pipeline
 import streaming
 from cli import option  # one dataclass field = one --flag
-from pipeline import (CountingModel, Generator, PhaseTimer, Sampling, device_name, generate,  # noqa: F401
-                      photo_size, sync, write_images)  # (re-exported: the timing is sample.py's topic)
+# the timed generation itself lives in pipeline.py, shared with the sweep and the demo
+from pipeline import (CountingModel, Generator, PhaseTimer, Sampling, device_name, generate, photo_size, sync,
+                      write_images)
 
 
 @dataclass
@@ -159,8 +160,7 @@ def sampling_from_flags(gen: Generator, cfg: SampleConfig) -> Sampling:
 
 def open_pairs(gen: Generator, cfg: SampleConfig):
     """(dataset, photo size (H, W)): --data, or the dataset the checkpoint was trained on."""
-    root = cfg.data or gen.data_root or str(
-        data.ensure_benchmark(size=cli.parse_size(gen.bench_size, "bench_size")))
+    root = cfg.data or gen.dataset_root()
     dataset = data.PairDataset(root, cfg.split, gen.image_size)
     return dataset, photo_size(dataset)  # generated files get the ground truth's shape
 

@@ -218,17 +218,25 @@ def reference_stats(path, metrics: Metrics, size=(256, 176), batch_size=16):
 
 # ----------------------------------------------------------------------------- baselines
 
-def mean_training_image(root, size=(256, 176), max_images: int = 0) -> torch.Tensor:
-    """The pixel-wise mean (3, H, W) in [0, 1] of the distinct train images (at the eval size).
-    max_images > 0 averages that many, evenly spaced over the sorted names."""
-    train = PairDataset(root, "train", size[0])
+def training_means(root, size=(256, 176), max_images: int = 0) -> tuple:
+    """One pass over the distinct train images at the eval size: their pixel-wise mean (3, H, W) in
+    [0, 1] (the 'mean train image' baseline) and each body part's mean Lab and RGB colour (P, 3) each
+    (the 'ignore the source' baseline). max_images > 0 uses that many, evenly spaced over the names."""
+    train = PairDataset(root, "train", size[0], verbose=False)
     names = sorted({name for pair in train.pairs for name in pair})
     if max_images > 0 and len(names) > max_images:
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_images).round().astype(int)]
     total = torch.zeros(3, *size, dtype=torch.float64)
-    for name in progress(names, desc="mean train image", leave=False):
-        total += load_image(train.image_path(name), size).double()
-    return (total / len(names)).float()  # (3, H, W)
+
+    def batches():
+        nonlocal total
+        for images, keypoints in _images_with_keypoints(train, names, size, 64):
+            total = total + images.double().sum(dim=0)  # (3, H, W)
+            yield images, keypoints
+
+    mean_lab, mean_rgb = appearance.mean_part_colours(
+        progress(batches(), total=math.ceil(len(names) / 64), desc="train means", leave=False))
+    return (total / len(names)).float(), mean_lab, mean_rgb
 
 
 def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch_size=16,
@@ -249,11 +257,11 @@ def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch
     target_kp = [dataset.keypoints[t] for _, t in names]
     rows = {"baseline: copy source": score_pairs(paths, metrics, size, batch_size, ref_stats=ref_stats,
                                                  desc="copy source", keypoints=target_kp)}
-    mean = mean_training_image(root, size, mean_images)
+    mean_image, mean_lab, mean_rgb = training_means(root, size, mean_images)
     rows["baseline: mean train image"] = score_pairs(
-        [(None, t) for _, t in paths], metrics, size, batch_size, generated_image=mean,
+        [(None, t) for _, t in paths], metrics, size, batch_size, generated_image=mean_image,
         ref_stats=ref_stats, desc="mean image", keypoints=target_kp)
-    rows.update(colour_baselines(root, dataset, names, size, batch_size, mean_images))
+    rows.update(colour_baselines(dataset, names, size, batch_size, mean_lab, mean_rgb))
     return rows
 
 
@@ -265,13 +273,9 @@ def _images_with_keypoints(dataset: PairDataset, names, size, batch_size: int):
         yield images, [data.scale_keypoints(dataset.keypoints[n], data.FRAME, size) for n in chunk]
 
 
-def colour_baselines(root, dataset: PairDataset, names, size, batch_size: int, max_images: int = 0) -> dict:
-    """The part colour error of 'ignore the source' and of 'the source's own colour' on these pairs."""
-    train = PairDataset(root, "train", size[0], verbose=False)
-    train_names = sorted({n for pair in train.pairs for n in pair})
-    if max_images > 0 and len(train_names) > max_images:
-        train_names = [train_names[i] for i in np.linspace(0, len(train_names) - 1, max_images).round().astype(int)]
-    mean_lab, mean_rgb = appearance.mean_part_colours(_images_with_keypoints(train, train_names, size, 64))
+def colour_baselines(dataset: PairDataset, names, size, batch_size: int, mean_lab, mean_rgb) -> dict:
+    """The part colour error of 'ignore the source' (every part its training mean, (P, 3) Lab and RGB)
+    and of 'the source's own colour' on these pairs."""
     ignore, own = appearance.PartColourScore(), appearance.PartColourScore()
     sources = _images_with_keypoints(dataset, [s for s, _ in names], size, batch_size)
     targets = _images_with_keypoints(dataset, [t for _, t in names], size, batch_size)

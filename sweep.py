@@ -42,8 +42,7 @@ from cli import parse_size, progress
 from data import PairDataset
 from metrics import Metrics, build_metrics
 from pipeline import Generator, Sampling
-from scoring import (CEILING_ROW, print_table, score_baselines, score_ceiling, score_pairs,  # noqa: F401
-                     score_sensitivity)
+from scoring import CEILING_ROW, print_table, score_baselines, score_ceiling, score_pairs, score_sensitivity
 
 DEFAULT_REFLOW_CKPT = "runs/tiny/reflow.pt"  # where `python train.py --method reflow` leaves it
 
@@ -107,8 +106,7 @@ def sweep_methods(cfg, points) -> tuple[dict, list]:
 def open_sweep(cfg, paths: dict, device) -> Sweep:
     """Load the checkpoints the points need; they must share one dataset and one image size."""
     gens = {m: Generator.from_checkpoint(p, True, device, method=m) for m, p in paths.items()}  # swapped: error
-    roots = {str(Path(cfg.data or g.data_root or data.ensure_benchmark(
-        size=parse_size(g.bench_size, "bench_size"))).resolve()) for g in gens.values()}
+    roots = {str(Path(cfg.data or g.dataset_root()).resolve()) for g in gens.values()}
     sizes = {g.image_size for g in gens.values()}
     if len(roots) > 1 or len(sizes) > 1:
         raise ValueError(f"--sweep compares checkpoints trained on one dataset at one size; got "
@@ -481,16 +479,19 @@ def run_sweep(cfg, points=None, grid_points=None) -> dict:
 
 def sweep_ceilings(sweep: Sweep, metrics: Metrics, cfg) -> dict:
     """The ceiling row of each distinct VAE among the sweep's checkpoints (one when they share it)."""
-    rows, seen = {}, {}
+    rows, scored = {}, []
     for method, gen in sweep.gens.items():
-        key = tuple(float(p.double().sum()) for p in gen.vae.parameters())[:4]  # same weights, same key
-        if key in seen:
+        if any(same_weights(gen.vae, vae) for vae in scored):  # the main job's methods share one VAE
             continue
-        seen[key] = method
+        scored.append(gen.vae)
         name = CEILING_ROW if not rows else f"{CEILING_ROW} ({method})"
         rows[name] = score_ceiling(gen.vae, sweep.dataset, sweep.pairs, metrics, sweep.size, cfg.batch_size,
                                    sweep.device)
     return rows
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def seed_spread(sweep: Sweep, rows: list[dict], metrics: Metrics, cfg) -> dict:

@@ -70,9 +70,9 @@ import cli
 from cli import option
 from guidance import INDEPENDENT_DROP, JOINT_DROP
 from scoring import RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, print_table  # the one table printer
-from distributed import (Dist, EpochBatches, FlipIndexed, check_ranks_agree, rng_states,  # noqa: F401
-                         seed_everything, setup_distributed)
-from pipeline import (CKPT_VERSION, MODEL_PRESETS, PRECISIONS, autocast_for,  # noqa: F401 (CKPT_VERSION: tests)
+from distributed import (Dist, EpochBatches, FlipIndexed, check_ranks_agree, rng_states, seed_everything,
+                         setup_distributed)
+from pipeline import (MODEL_PRESETS, PRECISIONS, autocast_for,
                       build_cond, component, enlarge, frozen, load_checkpoint, load_fusion, load_vae,
                       make_process, sample_latents, save_checkpoint, unet_config_for)
 

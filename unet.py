@@ -104,9 +104,9 @@ class UNetConfig:
     source_widths: tuple = (8, 16, 32, 64)  # conv encoder: a stem, then one stride-2 stage per further width
     min_group_width: int = 1             # GroupNorm channels per group at least (group_norm says why)
     source_pixels: bool = False          # conv encoder: add each token's mean source colour (a colour skip)
-    source_queries: int = 0              # source_global: pool the tokens by K learned queries (0: their mean)
-    source_global: bool = False          # also add the mean source token to the time embedding (AdaGN);
+    source_global: bool = False          # also add the pooled source tokens to the time embedding (AdaGN);
                                          # on in the CPU presets, where cross-attention alone lost the look
+    source_queries: int = 4              # source_global: the tokens are pooled by this many learned queries
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -147,13 +147,13 @@ PRESETS = {
         image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
         channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
         pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
-        source_global=True, source_queries=4),
+        source_global=True),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.
     "small": UNetConfig(
         image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,
         channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), head_dim=32, ff_mult=4,
         pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128), min_group_width=4,
-        source_pixels=True, source_global=True, source_queries=4),
+        source_pixels=True, source_global=True),
     # 256 px on one GPU, latent 32x32x4 (SD VAE, downsample 8), SD-like widths 320/640/1280/1280,
     # attention at the three finest levels like SD; source tokens from DINOv2 ViT-B/14 at 224 px
     # (16 x 16 patches + 1 class token = 257 tokens), random init unless source_pretrained.
@@ -186,8 +186,8 @@ def group_norm(channels: int, min_width: int = 1) -> nn.GroupNorm:
     note: a group of ONE channel is an instance norm: it removes each channel's per-image mean,
     and in the source encoder's first layers those means ARE the colours. With 32 groups on the
     CPU presets' 8-32-channel layers, every source-encoder norm was one, and the source tokens
-    carried no colour (a linear probe from them to the source's torso colour: R^2 0.03, RESULTS.md
-    "appearance"). The GPU presets (320 channels and up, 10 per group) are unchanged.
+    carried little colour (a linear probe from them to the source's torso colour: R^2 0.16; RESULTS.md,
+    "Diagnosis"). The GPU presets (320 channels and up, 10 per group) are unchanged.
     """
     groups = math.gcd(32, channels)  # gcd keeps narrow CPU widths (e.g. 48) valid
     while groups > 1 and channels // groups < min_width:
@@ -381,7 +381,8 @@ class ConvTokenizer(nn.Module):
 
     The colour skip (`pixels`, on in the CPU presets): each token also gets a linear map of its
     cell's mean source colour. Trained from scratch for a few hundred steps, the conv stack never
-    learnt to carry colour (a linear probe from its tokens to the source's torso colour: R^2 0.03),
+    learnt to carry colour (a linear probe from its tokens to the source's torso colour: R^2 0.16;
+    0.79 with the skip),
     because the UNet had not yet learnt to read the tokens, and nothing asked it to: a loop only
     the colours themselves break. A pretrained ViT (base preset) carries them already.
     """
@@ -507,11 +508,11 @@ class UNet(nn.Module):
                            if cfg.fusion_dim > 0 else None)
         self.source_encoder = SourceEncoder(cfg)
         # the source's global look (see UNetConfig.source_global and the note in forward)
-        k = max(cfg.source_queries, 1)
-        self.source_mlp = (nn.Sequential(nn.Linear(k * cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                           if cfg.source_global else None)
-        self.source_queries = (nn.Parameter(torch.randn(cfg.source_queries, cfg.context_dim) * 0.02)
-                               if cfg.source_global and cfg.source_queries > 0 else None)
+        self.source_queries, self.source_mlp = None, None
+        if cfg.source_global:
+            k, d = cfg.source_queries, cfg.context_dim
+            self.source_mlp = nn.Sequential(nn.Linear(k * d, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.source_queries = nn.Parameter(torch.randn(k, d) * 0.02)  # (K, D), small: uniform attention at init
         self.num_source_tokens = self.source_encoder.num_tokens
         self.pose_encoder = PoseEncoder(cfg.pose_channels, cfg.pose_widths, mc)
         self.conv_in = nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)
@@ -622,9 +623,11 @@ class UNet(nn.Module):
         return out.to(x_t.dtype)
 
     def pool_source(self, src_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, K * D): the tokens' mean (K = 1), or K learned queries' attention over them."""
-        if self.source_queries is None:
-            return src_tokens.mean(dim=1)  # (B, D)
+        """(B, N, D) -> (B, K * D): K learned queries, each a softmax-weighted mean of the tokens.
+
+        At init the queries are near zero, so each is the tokens' plain mean; trained, one can look
+        for the top's colour and another for the trousers' (the mean alone scored torso r 0.45,
+        four queries 0.53: RESULTS.md, "Diagnosis")."""
         scale = src_tokens.shape[-1] ** -0.5
         weights = torch.softmax(torch.einsum("kd,bnd->bkn", self.source_queries.to(src_tokens.dtype), src_tokens)
                                 * scale, dim=-1)  # (B, K, N); zero tokens: uniform, so a dropped source pools to 0

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
+import distributed
 import pipeline
 import train
 import unet as unet_lib
@@ -41,7 +43,7 @@ def fpdm_run(tiny_root, tmp_path_factory):
 def test_fpdm_chains_vae_and_fusion_stages(fpdm_run):
     for stage in ("vae", "fusion", "fpdm"):
         ckpt = train.load_checkpoint(fpdm_run / f"{stage}.pt", stage)
-        assert ckpt["step"] == 2 and ckpt["version"] == train.CKPT_VERSION
+        assert ckpt["step"] == 2 and ckpt["version"] == pipeline.CKPT_VERSION
         assert set(ckpt) >= {"model", "ema", "optimizer", "config", "step", "rng"}
     full = train.load_checkpoint(fpdm_run / "fpdm.pt")
     assert "vae" in full and "fusion" in full  # the file alone can sample
@@ -156,11 +158,11 @@ def test_ctrl_c_saves_the_finished_steps_and_resume_continues_exactly(fpdm_run, 
 
 
 def test_batches_resume_where_they_stopped_and_split_over_ranks():
-    straight = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, flip=True), range(7))]
-    later = [b for b, _ in zip(train.EpochBatches(10, 4, seed=3, start_step=4, flip=True), range(3))]
+    straight = [b for b, _ in zip(distributed.EpochBatches(10, 4, seed=3, flip=True), range(7))]
+    later = [b for b, _ in zip(distributed.EpochBatches(10, 4, seed=3, start_step=4, flip=True), range(3))]
     assert straight[4:] == later  # 2 batches an epoch: this crosses epoch boundaries
     assert all(len(b) == 4 and len(set(i % 10 for i in b)) == 4 for b in straight)  # no repeats
-    ranks = [next(iter(train.EpochBatches(10, 4, seed=3, rank=r, world=2, flip=True))) for r in (0, 1)]
+    ranks = [next(iter(distributed.EpochBatches(10, 4, seed=3, rank=r, world=2, flip=True))) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2 and sorted(ranks[0] + ranks[1]) == sorted(straight[0])
 
 
@@ -263,7 +265,7 @@ def test_reflow_end_to_end_couplings_are_the_teachers_samples(fpdm_run, tiny_roo
     state = pipeline.load_checkpoint(tmp_path / "reflow_couplings.pt", "couplings")
     assert state["done"] == len(state["index"]) == 4 and state["teacher"]["coupling_steps"] == 3
     gen = pipeline.Generator.from_checkpoint(tmp_path / "rpfm.pt")  # the teacher's EMA weights
-    pairs = train.FlipIndexed(train.data.PairDataset(tiny_root, "train", 32))
+    pairs = distributed.FlipIndexed(data.PairDataset(tiny_root, "train", 32))
     batch = torch.utils.data.default_collate([pairs[int(k)] for k in state["index"]])
     cond = pipeline.build_cond(gen.unet, None, batch["source"], batch["target_pose"])
     expected = train.flow_matching.couplings(gen.process, gen.unet, state["noise"], cond, steps=3)
