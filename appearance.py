@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Body parts by OpenPose COCO-18 joint indices (data.KEYPOINT_NAMES): the torso is the polygon
+# Body parts by OpenPose COCO-18 joint indices (poses.KEYPOINT_NAMES): the torso is the polygon
 # r_shoulder, l_shoulder, l_hip, r_hip; a limb part is the segment between two joints.
 TORSO = (2, 5, 11, 8)
 LIMB_PARTS = {"r_upper_arm": (2, 3), "l_upper_arm": (5, 6), "r_thigh": (8, 9), "l_thigh": (11, 12)}
@@ -38,6 +38,7 @@ TORSO_SHRINK = 0.6   # keep 60 % of the torso around its centre: its edges blur 
 LIMB_SPAN = (0.2, 0.8)  # the middle of a limb: its ends overlap the torso and the next limb
 LIMB_RADIUS = 0.08   # in torso lengths (neck to hips); the drawn sleeves are 0.13-0.15
 MIN_PIXELS = 2       # a part with fewer pixels in the image is not counted
+SIGN_HIP_DROP = 1.2  # an upper-body pose has no hips: they are put this many shoulder widths below the shoulders
 
 
 # ----------------------------------------------------------------------------- colour space
@@ -93,10 +94,24 @@ def _near_segment(xs, ys, a: np.ndarray, b: np.ndarray, radius: float) -> np.nda
     return (t >= LIMB_SPAN[0]) & (t <= LIMB_SPAN[1]) & (np.hypot(xs - px, ys - py) <= radius)
 
 
+def _as_coco18(kp: np.ndarray) -> np.ndarray:
+    """(18 or 50, 2) -> (18, 2). The upper body with hands (sign language) keeps its first eight
+    joints, which are COCO-18's, and gets hips below its shoulders: a signer's torso is the
+    garment between them (persons.py draws it down to the frame's bottom edge); no thighs."""
+    if len(kp) == 18:
+        return kp
+    out = np.full((18, 2), -1.0)
+    out[:8] = kp[:8]
+    if _visible(kp, (2, 5)):
+        drop = SIGN_HIP_DROP * float(np.hypot(*(kp[2] - kp[5])))
+        out[8], out[11] = kp[2] + (0, drop), kp[5] + (0, drop)  # under the right and left shoulders
+    return out
+
+
 def part_masks(keypoints, height: int, width: int) -> np.ndarray:
-    """(18, 2) (x, y) keypoints in the H x W frame -> bool (P, H, W), one mask per PARTS entry;
-    a part whose joints are missing (or that covers fewer than MIN_PIXELS) is all False."""
-    kp = np.asarray(keypoints, dtype=np.float64).reshape(18, 2)
+    """(18 or 50, 2) (x, y) keypoints in the H x W frame -> bool (P, H, W), one mask per PARTS
+    entry; a part whose joints are missing (or that covers fewer than MIN_PIXELS) is all False."""
+    kp = _as_coco18(np.asarray(keypoints, dtype=np.float64).reshape(-1, 2))  # (18, 2)
     ys, xs = np.mgrid[0:height, 0:width] + 0.5  # pixel centres, (H, W) each
     masks = np.zeros((len(PARTS), height, width), dtype=bool)
     length = _torso_length(kp)

@@ -1,37 +1,27 @@
-"""The one data pipeline: DeepFashion pairs in every layout PGPIS code uses, OpenPose pose
-maps, and a built-in benchmark of persons drawn in real DeepFashion poses.
+"""The one data pipeline: pairs of (source, target) images with their poses, from a DeepFashion copy in
+any layout PGPIS code uses or a PHOENIX-2014T copy of signing videos, and the built-in benchmarks.
 
-Pose-guided person image synthesis (PGPIS) redraws the person of a *source* image in a
-*target* pose. Its benchmark is DeepFashion In-shop (Liu et al., CVPR 2016) with OpenPose
-COCO-18 keypoints (Cao et al., arXiv:1611.08050), paired as in Deformable GAN
-(arXiv:1801.00055) and PATN (arXiv:1904.03349) and used since by GFLA (arXiv:2003.00696),
-DPTN (CVPR 2022), NTED (arXiv:2204.06160), PIDM (arXiv:2211.12500), PCDM
-(arXiv:2310.06313), CFLD (arXiv:2402.18078) and FPDM. Each of those repositories stores the
-same data differently; this file reads three layouts and converts their keypoints *once*
-into one convention: an (18, 2) float array of (x, y) pixels in the frame of the 256x176
-image, -1 for a missing joint (a joint with a negative coordinate counts as missing).
+Pose-guided person image synthesis (PGPIS) redraws the person of a *source* image in a *target*
+pose. Each dataset's files are read where their concept lives, into one convention (poses.py):
+keypoints a (K, 2) float array of (x, y) pixels in the frame of their image, -1 for a missing joint.
 
-  csv   fashion-resize-pairs-{train,test}.csv + fashion-resize-annotation-{train,test}.csv
-        (y first, 256x176 frame), images in {train,test}_highres/; also the 'fasion' prefix
-        and the older fasion-annotation-*.csv (256x256 frame, 40-pixel border in x).
-  nted  {train,test}_pairs.txt (target first, then sources), img/..., one pose/....txt of
-        18 rows "x y" per image (256x256 frame with the 40-pixel border), as NTED/PIDM.
-  pcdm  {train,test}_data.json, [{"source_image": ..., "target_image": ...}], poses as nted.
+  csv, nted, pcdm   DeepFashion In-shop as PATN/GFLA/CFLD, NTED/PIDM and PCDM/FPDM store it, OpenPose
+                    COCO-18 keypoints in the 256x176 frame (deepfashion.py)
+  phoenix           keypoints/{train,test}/VIDEO/*.txt (COCO-WholeBody, one file per frame) beside the
+                    frames of PHOENIX-2014T; keypoints become the 50 joints of the upper body and both
+                    hands (poses.SIGN50), pairs are each video's first frame to every frame (sign_data.py)
 
 Give a script the folder that holds the listing files; `detect_layout` finds the layout, and
 `PairDataset` prints one line (`data: ROOT: csv layout, train: ... pairs, ... images in ...`).
-In nted and pcdm, image names
-become the csv convention (img/WOMEN/Dresses/id_00000002/02_1_front.jpg ->
-fashionWOMENDressesid0000000202_1front.jpg), so output stems stay unique. Images are stretched
-to a square `image_size`, as CFLD does; a padded 256x256 copy has its 176-wide person cut out
-first. `flip=True` mirrors source, target and both poses together and swaps left and right joints
-(FLIP_PERM); without the swap, a mirrored skeleton would have the wrong colours. `render_pose`
-draws the OpenPose skeleton (17 limbs, 18 joints, OpenPose's colours) from keypoints in any frame.
+Images are stretched to a square `image_size`, as CFLD does; a padded 256x256 DeepFashion copy has
+its 176-wide person cut out first. `flip=True` mirrors source, target and both poses together and
+swaps left and right joints (poses.FLIP_PERM); without the swap, a mirrored skeleton would have the
+wrong colours. How a pose becomes a map (`render_pose`, the layouts, their colours) is poses.py's.
 Bad input (a missing folder or image, a malformed or short keypoint row, a pair that names an
 image without keypoints, a malformed pair row) stops with a one-line DataError that names the
 file, the row and what was expected; the command line prints it as `error: ...` and exits 2.
 
-    ds = PairDataset(root, "train", image_size=256, flip=True)   # heatmaps=True: + 18 channels
+    ds = PairDataset(root, "train", image_size=256, flip=True)   # heatmaps=True: + K channels
     item = ds[0]   # source, target (3, S, S) in [-1, 1]; source_pose, target_pose (P, S, S) in
                    # [0, 1]; source_name, target_name; source_keypoints, target_keypoints (K, 2)
     resize_for_eval(images, (256, 176))   # generated squares back to the photo size (or 512x352)
@@ -44,6 +34,7 @@ file chooses the poses, pairs and splits and writes the files. Of the 4,061 rows
 joints (shots of the garment alone) and are skipped and counted. The pairs are the real test pairs
 between drawable images (8,670), split by item id about 9:1: train 786 items, 2,971 images,
 7,848 pairs; test 87 items, 316 images, 822 pairs. The output is deterministic for a seed.
+`--synthesize-sign` (or `--data sign` in train.py) draws the signer benchmark: sign_data.py.
 `--annotations FILE` draws your own poses: a file whose name contains "resize" is read in the
 256x176 frame, any other file in the padded 256x256 frame, and the pairs are all ordered pairs
 of views of one item id (the name up to its last "_"). `ensure_benchmark(size, root="runs")`
@@ -52,26 +43,25 @@ crash never leaves half a benchmark.
 
 Commands:
     python data.py --synthesize runs/bench --size 64x44      # the built-in benchmark
+    python data.py --synthesize-sign runs/sign                # the built-in signer benchmark (128x104)
     python data.py --check ROOT                               # what is there, what is missing (exit 1)
     python data.py --preview ROOT --out runs/preview.png      # look at pairs and pose maps
     python data.py --bench ROOT                               # loader speed, batch 32 at 256
     python -m pytest -q tests/test_data.py
 
-Shapes: B batch, S square training size, H W height width, P pose channels (3, or 3 + 18
-with heatmaps), K = 18 keypoints.
+Shapes: B batch, S square training size, H W height width, P pose channels (3, or 3 + K
+with heatmaps), K keypoints (18 COCO-18, 50 for a signer).
 """
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,246 +70,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-import persons  # the benchmark's drawn persons; persons.py imports nothing from here (no circle)
+import deepfashion  # DeepFashion's layouts and keypoint files; it imports nothing from here (no circle)
+import persons  # the benchmark's drawn persons; persons.py imports nothing from here
+import sign_data  # PHOENIX-2014T's layout and the signer benchmark; it imports nothing from here
 from cli import option, parse_config, parse_size, usage_error
+from deepfashion import BUNDLED_ANNOTATIONS, BUNDLED_PAIRS, FRAME, item_id, read_keypoint_csv, read_pair_csv
+from poses import DataError, flip_keypoints, is_missing, layout_of, pose_heatmaps, render_pose, scale_keypoints
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-BUNDLED_ANNOTATIONS = ASSETS / "fasion-annotation-test.csv"  # 4,061 real OpenPose poses
-BUNDLED_PAIRS = ASSETS / "fasion-pairs-test.csv"  # the 8,670 standard test pairs
-
-FRAME = (256, 176)  # (H, W): the frame every loader converts keypoints into
-BORDER = 40  # the older 256x256 files pad the 176-wide crop by 40 pixels on each side of x
-MISSING = -1.0
 SPLITS = ("train", "test")
 
 
-class DataError(ValueError):
-    """Bad or missing data; the message names the file (and row) and what was expected."""
-
-
-# ----------------------------------------------------------------------------- keypoints
-
-KEYPOINT_NAMES = (
-    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear",
-    "l_ear",
-)
-# The 17 OpenPose limbs (neck-shoulders, arms, neck-hips, legs, neck-nose, nose-eyes,
-# eyes-ears); limb i is drawn in POSE_COLORS[i], joint j in POSE_COLORS[j], as OpenPose does.
-LIMBS = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11),
-    (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)
-POSE_COLORS = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
-    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
-    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
-)
-
-
-def _mirror_name(name: str) -> str:
-    return {"r_": "l_", "l_": "r_"}.get(name[:2], name[:2]) + name[2:]
-
-
-# A mirrored person's right arm is where the left arm was: flipping an image must also
-# swap every left joint with its right twin, or the pose colours would lie.
-FLIP_PERM = tuple(KEYPOINT_NAMES.index(_mirror_name(n)) for n in KEYPOINT_NAMES)
-
-LIMB_WIDTH = 6 / 256  # of the image height: 6 px at 256, 2 px at 64
-JOINT_RADIUS = 4 / 256  # OpenPose draws 4-pixel joints at 256
-HEATMAP_SIGMA = 6 / 256  # sigma = 6 px at 256, as PATN/GFLA's cords_to_map
-
-
-def is_missing(keypoints: np.ndarray) -> np.ndarray:
-    """(..., 18, 2) -> (..., 18) bool: a joint with a negative coordinate is missing."""
-    return (np.asarray(keypoints) < 0).any(axis=-1)
-
-
-def scale_keypoints(keypoints, src_frame, dst_frame) -> np.ndarray:
-    """Map (18, 2) (x, y) keypoints from an (h, w) frame to another; x and y separately."""
-    kp = np.asarray(keypoints, dtype=np.float32).reshape(18, 2)
-    scale = np.array([dst_frame[1] / src_frame[1], dst_frame[0] / src_frame[0]], np.float32)
-    out = kp * scale  # note: no half-pixel shift, so x = 0 stays 0 and never turns "missing"
-    out[is_missing(kp)] = MISSING
-    return out
-
-
-def flip_keypoints(keypoints, width: int) -> np.ndarray:
-    """Mirror (18, 2) keypoints in an image `width` pixels wide, swapping left and right.
-    A joint beyond the right edge lands left of 0 and so counts as missing, as one beyond
-    the left edge already did."""
-    out = np.asarray(keypoints, dtype=np.float32)[list(FLIP_PERM)].copy()  # (18, 2)
-    valid = ~is_missing(out)
-    out[valid, 0] = (width - 1) - out[valid, 0]  # pixel i goes to pixel width-1-i
-    return out
-
-
-def _from_file_frame(xy: np.ndarray, border: int) -> np.ndarray:
-    """(18, 2) (x, y) as a file stores them -> the 256x176 frame, -1 for missing joints."""
-    out = np.array(xy, dtype=np.float32, order="C")  # note: C order, the y-first files arrive transposed
-    missing = is_missing(out)
-    out[:, 0] -= border
-    out[missing | is_missing(out)] = MISSING  # the few joints left of the 176-wide crop
-    return out
-
-
-# ----------------------------------------------------------------------------- pose maps
-
-def render_pose(keypoints_xy, height: int, width: int, frame=None) -> np.ndarray:
-    """The OpenPose-style RGB skeleton, uint8 (H, W, 3): limbs, then joints on top.
-
-    `frame=(fh, fw)`: the keypoints are in an fh x fw frame and get scaled to H x W
-    (x and y separately); None: they already are in the H x W frame. Missing joints and
-    every limb touching one are skipped.
-    """
-    kp = np.asarray(keypoints_xy, dtype=np.float32).reshape(18, 2)
-    if frame is not None:
-        kp = scale_keypoints(kp, frame, (height, width))
-    canvas = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(canvas)
-    missing = is_missing(kp)
-    limb_width = max(1, round(height * LIMB_WIDTH))
-    radius = max(1, round(height * JOINT_RADIUS))
-    for i, (a, b) in enumerate(LIMBS):
-        if not (missing[a] or missing[b]):
-            draw.line([*map(float, kp[a]), *map(float, kp[b])], fill=POSE_COLORS[i], width=limb_width)
-    for j in np.flatnonzero(~missing):
-        x, y = map(float, kp[j])
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=POSE_COLORS[j])
-    return np.array(canvas)  # (H, W, 3)
-
-
-def pose_heatmaps(keypoints_xy, height: int, width: int, frame=None, sigma=None) -> np.ndarray:
-    """One Gaussian per joint, float32 (18, H, W) in [0, 1]; zeros for a missing joint."""
-    kp = np.asarray(keypoints_xy, dtype=np.float32).reshape(18, 2)
-    if frame is not None:
-        kp = scale_keypoints(kp, frame, (height, width))
-    sigma = HEATMAP_SIGMA * height if sigma is None else float(sigma)
-    ys = np.arange(height, dtype=np.float32)
-    xs = np.arange(width, dtype=np.float32)
-    gy = np.exp(-((ys[None, :] - kp[:, 1:2]) ** 2) / (2 * sigma**2))  # (18, H)
-    gx = np.exp(-((xs[None, :] - kp[:, 0:1]) ** 2) / (2 * sigma**2))  # (18, W)
-    maps = gy[:, :, None] * gx[:, None, :]  # (18, H, W): a 2-D Gaussian is separable
-    maps[is_missing(kp)] = 0.0
-    return maps.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- file readers
-
-def _clip(text: str, n: int = 60) -> str:
-    """A bad row quoted on one line, shortened so an error stays one readable line."""
-    text = text.strip().replace("\n", " ")
-    return repr(text if len(text) <= n else text[:n] + "...")
-
-
-def _parse_keypoint_row(line: str, where: str, border: int):
-    parts = line.split(":")
-    if len(parts) != 3:
-        raise DataError(f"{where}: expected 'name: [18 y values]: [18 x values]', got {_clip(line)}")
-    try:
-        ys, xs = json.loads(parts[1]), json.loads(parts[2])
-    except json.JSONDecodeError:
-        raise DataError(f"{where}: expected two lists of integers like [24, -1, ...], got {_clip(line)}") from None
-    if not (isinstance(ys, list) and isinstance(xs, list) and len(ys) == len(xs) == 18):
-        counts = f"{len(ys) if isinstance(ys, list) else 'no'} y and {len(xs) if isinstance(xs, list) else 'no'} x"
-        raise DataError(f"{where}: expected 18 keypoints (y list, then x list), got {counts} values")
-    try:
-        xy = np.array([xs, ys], dtype=np.float32).T  # (18, 2): the file is y first, we are x first
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: keypoints must be numbers, got {_clip(line)}") from None
-    return parts[0].strip(), _from_file_frame(xy, border)
-
-
-def annotation_border(path) -> int:
-    """`*resize*` files are in the 256x176 frame; the older ones in the padded 256x256 frame."""
-    return 0 if "resize" in Path(path).name else BORDER
-
-
-@functools.lru_cache(maxsize=16)
-def _read_keypoint_csv_cached(path: str, stamp: tuple) -> dict:
-    border = annotation_border(path)
-    table = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip() or (lineno == 1 and line.lower().startswith("name")):
-                continue  # the header line `name:keypoints_y:keypoints_x`
-            name, kp = _parse_keypoint_row(line, f"{path}:{lineno}", border)
-            table[name] = kp
-    return table
-
-
-def read_keypoint_csv(path) -> dict:
-    """name -> (18, 2) (x, y) in the 256x176 frame, from an annotation CSV of either frame.
-
-    Parsed once per file version (cached on path, size and mtime); treat arrays as read-only.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: keypoint file not found")
-    stat = path.stat()
-    return dict(_read_keypoint_csv_cached(str(path), (stat.st_mtime_ns, stat.st_size)))
-
-
-def read_pair_csv(path) -> list:
-    """[(source, target, line)] from a `from,to` CSV; the header (and an index column) optional."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            cells = [c.strip() for c in row]
-            if not any(cells):
-                continue
-            if len(cells) == 3 and (cells[0] == "" or cells[0].isdigit()):
-                cells = cells[1:]  # pandas wrote its row index as a first column
-            if lineno == 1 and [c.lower() for c in cells] == ["from", "to"]:
-                continue
-            if len(cells) != 2 or not all(cells):
-                raise DataError(f"{path}:{lineno}: expected 'from,to' (two image names), got {_clip(','.join(row))}")
-            rows.append((cells[0], cells[1], lineno))
-    return rows
-
-
-def read_pose_txt(path) -> np.ndarray:
-    """One NTED/PIDM keypoint file: 18 rows `x y` in the 256x256 frame -> (18, 2) at 256x176."""
-    path = Path(path)
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if len(lines) != 18:
-        raise DataError(f"{path}: expected 18 rows 'x y' (OpenPose COCO-18), got {len(lines)} rows")
-    xy = np.empty((18, 2), np.float32)
-    for i, line in enumerate(lines):
-        try:
-            xy[i] = [float(v) for v in line.replace(",", " ").split()[:2]]
-        except ValueError:
-            raise DataError(f"{path}:{i + 1}: expected two numbers 'x y', got {_clip(line)}") from None
-    return _from_file_frame(xy, BORDER)
-
-
-def item_id(name: str) -> str:
-    """The clothing item of an image: `fasionWOMENDressesid0000553705_4full.jpg` ->
-    `fasionWOMENDressesid0000553705` (everything before the last `_view`)."""
-    stem = os.path.splitext(os.path.basename(name))[0]
-    return stem.rsplit("_", 1)[0]
-
-
-def flat_name(rel_path: str) -> str:
-    """NTED/PCDM path `img/WOMEN/Dresses/id_00000002/02_1_front.jpg` -> the csv layout's
-    `fashionWOMENDressesid0000000202_1front.jpg`, so every layout names images alike and
-    stems stay unique (a bare `02_1_front` repeats in every item folder)."""
-    parts = Path(rel_path).parts
-    if parts and parts[0] in ("img", "img_highres"):
-        parts = parts[1:]
-    if len(parts) != 4:
-        return "_".join(parts)
-    gender, category, item, file = parts
-    number, _, view = file.partition("_")
-    return f"fashion{gender}{category}{item.replace('_', '')}{number}_{view.replace('_', '')}"
-
-
 # ----------------------------------------------------------------------------- layouts
-
-_CSV_PAIRS = ("{p}-resize-pairs-{s}.csv", "{p}-pairs-{s}.csv")
-_CSV_ANNOTATIONS = ("{p}-resize-annotation-{s}.csv", "{p}-annotation-{s}.csv")
-_CSV_FILE = re.compile(r"fa(sh|s)ion-(resize-)?(pairs|annotation)-\w+\.csv")
-
 
 def detect_layout(root, verbose: bool = False) -> str:
     """'csv', 'nted' or 'pcdm' from the files in `root`; `verbose` prints the one-line finding."""
@@ -329,13 +90,15 @@ def detect_layout(root, verbose: bool = False) -> str:
                         f"`python data.py --synthesize {root}` draws the built-in benchmark)")
     names = set(os.listdir(root))
     found = [layout for layout, hit in (
-        ("csv", any(_CSV_FILE.fullmatch(n) for n in names)),
+        ("csv", any(deepfashion.CSV_FILE.fullmatch(n) for n in names)),
         ("nted", bool({"train_pairs.txt", "test_pairs.txt"} & names)),
         ("pcdm", bool({"train_data.json", "test_data.json"} & names)),
+        ("phoenix", sign_data.is_phoenix(root)),
     ) if hit]
     if not found:
-        raise DataError(f"{root}: no DeepFashion layout found (looked for fashion-resize-pairs-*.csv "
-                        "or fasion-*.csv (csv), train_pairs.txt (nted), train_data.json (pcdm))")
+        raise DataError(f"{root}: no dataset layout found (looked for fashion-resize-pairs-*.csv "
+                        "or fasion-*.csv (csv), train_pairs.txt (nted), train_data.json (pcdm), "
+                        "keypoints/{train,test}/ (phoenix))")
     if verbose:
         also = f" (also {', '.join(found[1:])} files, ignored)" if len(found) > 1 else ""
         print(f"data: {root}: {found[0]} layout{also}")
@@ -349,99 +112,18 @@ class SplitIndex:
     layout: str
     pairs: list  # [(source_name, target_name)]
     rows: list  # "file:line" each pair came from, for error messages
-    keypoints: dict  # name -> (18, 2) (x, y) in the 256x176 frame
+    keypoints: dict  # name -> (K, 2) (x, y) in `frame` (256x176 for DeepFashion)
     files: dict  # name -> image path relative to the image folder
     listing: str  # the files that were read, for the one-line layout message
-
-
-def _first_existing(root: Path, patterns, split: str, what: str) -> Path:
-    tried = [pat.format(p=p, s=split) for pat in patterns for p in ("fashion", "fasion")]
-    for name in tried:
-        if (root / name).is_file():
-            return root / name
-    raise DataError(f"{root}: csv layout without a {what} file for split '{split}' (looked for {', '.join(tried)})")
-
-
-def _index_csv(root: Path, split: str) -> SplitIndex:
-    pairs_path = _first_existing(root, _CSV_PAIRS, split, "pairs")
-    ann_path = _first_existing(root, _CSV_ANNOTATIONS, split, "keypoint")
-    keypoints = read_keypoint_csv(ann_path)
-    pairs, rows = [], []
-    for source, target, lineno in read_pair_csv(pairs_path):
-        for name in (source, target):
-            if name not in keypoints:
-                raise DataError(f"{pairs_path}:{lineno}: image '{name}' has no keypoint row in {ann_path.name}")
-        pairs.append((source, target))
-        rows.append(f"{pairs_path}:{lineno}")
-    files = {name: name for name in keypoints}
-    return SplitIndex("csv", pairs, rows, keypoints, files, f"{pairs_path.name}, {ann_path.name}")
-
-
-def _pose_path(root: Path, rel: str) -> Path:
-    """NTED keeps `pose/WOMEN/.../02_1_front.txt` beside `img/WOMEN/.../02_1_front.jpg`."""
-    parts = Path(rel).parts
-    parts = parts[1:] if parts and parts[0] in ("img", "img_highres") else parts
-    return (root / "pose").joinpath(*parts).with_suffix(".txt")
-
-
-def _register(root: Path, rel: str, index: SplitIndex, where: str) -> str:
-    name = flat_name(rel)
-    if name not in index.files:
-        pose = _pose_path(root, rel)
-        if not pose.is_file():
-            raise DataError(f"{where}: image '{rel}' has no keypoint file (expected {pose})")
-        index.keypoints[name] = read_pose_txt(pose)
-        index.files[name] = rel
-    return name
-
-
-def _index_nted(root: Path, split: str) -> SplitIndex:
-    path = root / f"{split}_pairs.txt"
-    if not path.is_file():
-        raise DataError(f"{root}: nted layout without {path.name}")
-    index = SplitIndex("nted", [], [], {}, {}, f"{path.name}, pose/*.txt")
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        entries = [e.strip() for e in line.split(",") if e.strip()]
-        if not entries:
-            continue
-        where = f"{path}:{lineno}"
-        if len(entries) < 2:
-            raise DataError(f"{where}: expected 'target,source[,source...]' (image paths), got {_clip(line)}")
-        target, *sources = [_register(root, e, index, where) for e in entries]
-        for source in sources:  # note: NTED/PIDM write the *target* first
-            index.pairs.append((source, target))
-            index.rows.append(f"{path}:{lineno}")
-    return index
-
-
-def _index_pcdm(root: Path, split: str) -> SplitIndex:
-    path = root / f"{split}_data.json"
-    if not path.is_file():
-        raise DataError(f"{root}: pcdm layout without {path.name}")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(entries, list):
-        raise DataError(f"{path}: expected a list of {{'source_image': ..., 'target_image': ...}}")
-    index = SplitIndex("pcdm", [], [], {}, {}, f"{path.name}, pose/*.txt")
-    for i, entry in enumerate(entries):
-        where = f"{path}: entry {i}"
-        if not (isinstance(entry, dict) and isinstance(entry.get("source_image"), str)
-                and isinstance(entry.get("target_image"), str)):
-            raise DataError(f"{where}: expected {{'source_image': path, 'target_image': path}}, "
-                            f"got {_clip(str(entry))}")
-        source = _register(root, entry["source_image"], index, where)
-        target = _register(root, entry["target_image"], index, where)
-        index.pairs.append((source, target))
-        index.rows.append(f"{path}: entry {i}")
-    return index
+    frame: tuple = FRAME  # (H, W) the keypoints are pixels of
+    videos: dict = field(default_factory=dict)  # video -> [frame names in order] (phoenix only)
 
 
 @functools.lru_cache(maxsize=8)
 def _split_index_cached(root: str, split: str, layout: str, stamp: tuple) -> SplitIndex:
-    build = {"csv": _index_csv, "nted": _index_nted, "pcdm": _index_pcdm}[layout]
-    return build(Path(root), split)
+    build = {"csv": deepfashion.index_csv, "nted": deepfashion.index_nted, "pcdm": deepfashion.index_pcdm,
+             "phoenix": sign_data.index_phoenix}[layout]
+    return SplitIndex(**build(Path(root), split))
 
 
 def split_index(root, split: str) -> SplitIndex:
@@ -452,11 +134,13 @@ def split_index(root, split: str) -> SplitIndex:
     layout = detect_layout(root)
     stamp = tuple(sorted((n, os.stat(root / n).st_mtime_ns) for n in os.listdir(root)
                          if n.endswith((".csv", ".txt", ".json"))))
+    if layout == "phoenix" and (root / "keypoints" / split).is_dir():  # a video folder added or removed
+        stamp += (os.stat(root / "keypoints" / split).st_mtime_ns,)
     return _split_index_cached(str(root.resolve()), split, layout, stamp)
 
 
 def load_annotations(root, split: str) -> dict:
-    """name -> float32 (18, 2) (x, y) keypoints in the 256x176 frame, -1 for missing."""
+    """name -> float32 (K, 2) (x, y) keypoints in the split's frame (256x176 for DeepFashion), -1 missing."""
     return dict(split_index(root, split).keypoints)
 
 
@@ -470,6 +154,8 @@ def _image_dir(root: Path, split: str, layout: str, image_dir=None) -> Path:
         if not Path(image_dir).is_dir():
             raise DataError(f"{image_dir}: image folder not found")
         return Path(image_dir)
+    if layout == "phoenix":
+        return sign_data.image_dir(root, split)
     if layout != "csv":
         return root  # nted/pcdm entries are paths relative to the root (img/...)
     for name in (f"{split}_highres", split):
@@ -509,7 +195,9 @@ class PairDataset(Dataset):
     Images are stretched to a square `image_size` (as CFLD does; `resize_for_eval` undoes
     it); `flip` mirrors source, target and both poses together with left/right swapped.
     Items: source, target (3, S, S); source_pose, target_pose (P, S, S); source_name,
-    target_name; source_keypoints, target_keypoints (18, 2) (x, y) in the S x S frame.
+    target_name; source_keypoints, target_keypoints (K, 2) (x, y) in the S x S frame.
+    `frame` is the (H, W) the keypoints of the files are in, `videos` (phoenix layout) each
+    video's frame names in order.
     """
 
     def __init__(self, root, split, image_size, flip=False, heatmaps=False, image_dir=None, verbose=True):
@@ -517,6 +205,7 @@ class PairDataset(Dataset):
         self.image_size, self.flip, self.heatmaps = int(image_size), bool(flip), bool(heatmaps)
         index = split_index(self.root, split)
         self.layout, self.pairs, self.keypoints = index.layout, list(index.pairs), index.keypoints
+        self.frame, self.videos = tuple(index.frame), index.videos
         if not self.pairs:
             raise DataError(f"{self.root}: split '{split}' has no pairs ({index.listing})")
         self.image_dir = _image_dir(self.root, split, self.layout, image_dir)
@@ -525,7 +214,8 @@ class PairDataset(Dataset):
             name, row = missing[0]
             raise DataError(f"{row}: image file not found: {self.image_dir / index.files[name]} "
                             f"({len(missing)} of {len(self.paths) + len(missing)} images missing)")
-        self.pose_channels = 3 + (len(KEYPOINT_NAMES) if self.heatmaps else 0)
+        joints = len(layout_of(next(iter(self.keypoints.values()))).joint_names)
+        self.pose_channels = 3 + (joints if self.heatmaps else 0)
         if verbose:
             print(f"data: {self.root}: {self.layout} layout, {split}: {len(self.pairs):,} pairs, "
                   f"{len(self.paths):,} images in {self.image_dir} ({index.listing})")
@@ -545,7 +235,8 @@ class PairDataset(Dataset):
                 im = im.convert("RGB")
         except OSError as err:
             raise DataError(f"{path}: cannot read image ({err})") from None
-        if im.width == im.height:  # a padded 256x256 copy: keep the 176/256 wide person crop
+        if im.width == im.height and self.frame == FRAME:  # a padded 256x256 DeepFashion copy:
+            # keep the 176/256 wide person crop
             keep = round(im.width * FRAME[1] / FRAME[0])
             left = (im.width - keep) // 2
             im = im.crop((left, 0, left + keep, im.height))
@@ -558,21 +249,21 @@ class PairDataset(Dataset):
         return pixels.float().div_(127.5).sub_(1.0)
 
     def pose_map(self, keypoints: np.ndarray) -> torch.Tensor:
-        """(P, S, S) in [0, 1] from (18, 2) keypoints already in the S x S frame."""
+        """(P, S, S) in [0, 1] from (K, 2) keypoints already in the S x S frame."""
         size = self.image_size
         pose = render_pose(keypoints, size, size).transpose(2, 0, 1)  # (3, S, S)
         pose = torch.from_numpy(np.ascontiguousarray(pose))
         pose = pose.float().div_(255.0)
         if self.heatmaps:
-            heat = torch.from_numpy(pose_heatmaps(keypoints, size, size))  # (18, S, S)
-            pose = torch.cat([pose, heat], dim=0)  # (21, S, S)
+            heat = torch.from_numpy(pose_heatmaps(keypoints, size, size))  # (K, S, S)
+            pose = torch.cat([pose, heat], dim=0)  # (3 + K, S, S)
         return pose
 
     def load_item(self, index: int, flipped: bool = False) -> dict:
         source, target = self.pairs[index]
         item = {"source_name": source, "target_name": target}
         for role, name in (("source", source), ("target", target)):
-            keypoints = scale_keypoints(self.keypoints[name], FRAME, (self.image_size, self.image_size))
+            keypoints = scale_keypoints(self.keypoints[name], self.frame, (self.image_size, self.image_size))
             if flipped:
                 keypoints = flip_keypoints(keypoints, self.image_size)
             item[role] = self.load_image(name, flipped)
@@ -614,7 +305,15 @@ def tensor_to_pil(img, value_range=(-1.0, 1.0)) -> Image.Image:
 
 
 def save_grid(rows, path, labels=None, value_range=(-1.0, 1.0), pad=2) -> Path:
-    """Write a PNG grid: `rows` is a list of rows of images (tensors, PIL images, uint8 arrays
+    """Write a PNG grid (see grid_image)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(rows, labels, value_range, pad).save(path)
+    return path
+
+
+def grid_image(rows, labels=None, value_range=(-1.0, 1.0), pad=2) -> Image.Image:
+    """A grid as one image: `rows` is a list of rows of images (tensors, PIL images, uint8 arrays
     or None for a blank cell). `value_range` is one (low, high) for every tensor or a list
     with one per column (images [-1, 1], pose maps [0, 1]); `labels` titles the columns."""
     rows = [list(r) for r in rows]
@@ -634,10 +333,7 @@ def save_grid(rows, path, labels=None, value_range=(-1.0, 1.0), pad=2) -> Path:
         for j, cell in enumerate(r):
             if cell is not None:
                 grid.paste(cell, (pad + j * (cw + pad) + (cw - cell.width) // 2, top + pad + i * (ch + pad)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return grid
 
 
 # ----------------------------------------------------------------------------- writing the benchmark
@@ -694,26 +390,13 @@ def _draw_files(jobs):
     return len(jobs)
 
 
-def _draw_all(jobs, workers: int):
-    """Images are independent, so two processes draw twice as fast on two cores; small
-    jobs (the tests) stay in this process, where starting workers would cost more."""
-    if workers <= 1 or len(jobs) < 400:
-        return _draw_files(jobs)
-    import multiprocessing
-
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        return sum(pool.map(_draw_files, chunks))
-
-
 def _write_split(out: Path, split, names, pairs, poses, size, seed, workers):
     folder = out / f"{split}_highres"
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if Path(name).suffix.lower() not in (".jpg", ".jpeg", ".png"):
             raise DataError(f"image name '{name}' must end in .jpg or .png")
-    _draw_all([(folder / n, poses[n], item_id(n), seed, size) for n in names], workers)
+    persons.draw_all(_draw_files, [(folder / n, poses[n], item_id(n), seed, size) for n in names], workers)
     with open(out / f"fashion-resize-annotation-{split}.csv", "w", encoding="utf-8") as f:
         f.write("name:keypoints_y:keypoints_x\n")
         for name in names:
@@ -752,11 +435,15 @@ def synthesize(out_dir, size=(256, 176), seed=0, annotations=None, max_items=Non
     return counts
 
 
-def ensure_benchmark(size=(256, 176), root="runs", *, seed=0, max_items=None) -> Path:
-    """The built-in benchmark `root/benchmark-{H}x{W}`, synthesised on first use: built in a
-    temporary folder and renamed, so a crash or a second process never sees half of one."""
+BENCHMARKS = {"deepfashion": ("benchmark", (64, 44)), "sign": ("sign", (128, 104))}  # kind -> (folder, size)
+
+
+def ensure_benchmark(size=(256, 176), root="runs", *, seed=0, max_items=None, kind="deepfashion") -> Path:
+    """A built-in benchmark `root/benchmark-{H}x{W}` (kind "sign": `root/sign-{H}x{W}`), drawn on
+    first use: built in a temporary folder and renamed, so a crash or a second process never sees
+    half of one."""
     height, width = int(size[0]), int(size[1])
-    name = f"benchmark-{height}x{width}" + (f"-seed{seed}" if seed else "")
+    name = f"{BENCHMARKS[kind][0]}-{height}x{width}" + (f"-seed{seed}" if seed else "")
     name += f"-{max_items}items" if max_items else ""
     target = Path(root) / name
     if (target / "benchmark.json").is_file():
@@ -764,10 +451,13 @@ def ensure_benchmark(size=(256, 176), root="runs", *, seed=0, max_items=None) ->
     if target.exists():
         raise DataError(f"{target}: exists but is not a finished benchmark (no benchmark.json); delete it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"data: synthesising the built-in benchmark {target} ...", end=" ", flush=True)
+    print(f"data: drawing the built-in {kind} benchmark {target} ...", end=" ", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        counts = synthesize(tmp, (height, width), seed=seed, max_items=max_items)
+        if kind == "sign":
+            counts = sign_data.synthesize_sign(tmp, (height, width), seed=seed, max_sequences=max_items)
+        else:
+            counts = synthesize(tmp, (height, width), seed=seed, max_items=max_items)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -778,11 +468,30 @@ def ensure_benchmark(size=(256, 176), root="runs", *, seed=0, max_items=None) ->
         print("failed", flush=True)  # end the progress line; the error follows on its own
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    skipped = counts["skipped_no_joints"] + counts["skipped_no_torso"]
-    print(f"{counts['images_train'] + counts['images_test']:,} images, {counts['pairs_train']:,} train / "
-          f"{counts['pairs_test']:,} test pairs ({skipped:,} pose rows without a body skipped) "
-          f"in {counts['seconds']:.1f} s")
+    print(_benchmark_summary(kind, counts))
     return target
+
+
+def _benchmark_summary(kind: str, counts: dict) -> str:
+    if kind == "sign":
+        return (f"{counts['videos_train']:,} training videos ({counts['frames_train']:,} frames) from "
+                f"{counts['sequences_train']} sequences, {counts['videos_test']} test videos "
+                f"({counts['frames_test']:,} frames) in {counts['seconds']:.1f} s")
+    skipped = counts["skipped_no_joints"] + counts["skipped_no_torso"]
+    return (f"{counts['images_train'] + counts['images_test']:,} images, {counts['pairs_train']:,} train / "
+            f"{counts['pairs_test']:,} test pairs ({skipped:,} pose rows without a body skipped) "
+            f"in {counts['seconds']:.1f} s")
+
+
+def dataset_root(data: str = "", bench_size: str = "", sign_size: str = "", root="runs") -> Path:
+    """What a `--data` flag names: a folder; "" the built-in DeepFashion benchmark (photos of
+    `bench_size`); "sign" the built-in signer benchmark (frames of `sign_size`). A built-in one is
+    drawn on first use; an empty size is its default (64x44, 128x104)."""
+    if data not in ("", "sign"):
+        return Path(data)
+    kind, size = ("sign", sign_size) if data == "sign" else ("deepfashion", bench_size)
+    size = parse_size(size, "--sign-size" if kind == "sign" else "--bench-size") if size else BENCHMARKS[kind][1]
+    return ensure_benchmark(size=size, root=root, kind=kind)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -804,6 +513,8 @@ def check(root) -> int:
         empty = sum(bool(is_missing(kp).all()) for kp in index.keypoints.values())
         print(f"  {split}: {len(index.pairs):,} pairs, {len(index.keypoints):,} keypoint rows ({empty:,} with no "
               f"joints), {len(paths) + len(missing):,} images used, {len(missing):,} missing in {image_dir}")
+        if index.videos:
+            print(f"    {len(index.videos):,} videos, keypoints in a {index.frame[0]}x{index.frame[1]} frame")
         for name, row in missing[:5]:
             print(f"    missing ({row}): {image_dir / index.files[name]}")
         problems += bool(missing)
@@ -818,7 +529,8 @@ def preview(root, out, split="test", count=6, image_size=256) -> Path:
     for i in picks:
         item = data.load_item(int(i))
         cells = [item["source"], item["source_pose"][:3], item["target_pose"][:3], item["target"]]
-        rows.append([resize_for_eval(c[None])[0] for c in cells])  # (3, 256, 176) each
+        size = (256, round(256 * data.frame[1] / data.frame[0]))  # the photos' aspect: 256x176 for DeepFashion
+        rows.append([resize_for_eval(c[None], size)[0] for c in cells])  # (3, 256, w) each
     ranges = [(-1.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-1.0, 1.0)]
     path = save_grid(rows, out, labels=["source", "source pose", "target pose", "target"], value_range=ranges)
     print(f"data: wrote {path} ({len(rows)} pairs of {root}, {split})")
@@ -852,13 +564,17 @@ class DataCommand:
     the settings of that task."""
 
     synthesize: str | None = option(None, "task: draw the built-in benchmark into OUT", metavar="OUT")
+    synthesize_sign: str | None = option(None, "task: draw the built-in signer benchmark (phoenix layout) into OUT",
+                                         metavar="OUT")
     check: str | None = option(None, "task: layout, counts and missing files of a data folder", metavar="ROOT")
     preview: str | None = option(None, "task: write a PNG grid of pairs with their pose maps", metavar="ROOT")
     bench: str | None = option(None, "task: time the loader", metavar="ROOT")
-    size: str = option("256x176", "benchmark image size HxW")
+    size: str = option("", "benchmark image size HxW (default 256x176, signers 128x104)")
     seed: int = option(0, "benchmark seed")
     annotations: str | None = option(None, "keypoint CSV (either convention) to draw instead of the bundled one")
-    max_items: int | None = option(None, "draw only this many clothing items")
+    max_items: int | None = option(None, "draw only this many clothing items (signers: sequences per split)")
+    looks: int = option(40, "--synthesize-sign: appearances each training sequence is drawn in")
+    frames_per_look: int = option(8, "--synthesize-sign: frames of a sequence drawn per look (+ the first)")
     out: str = option("runs/preview.png", "PNG path for --preview")
     split: str | None = option(None, "split for --preview (test) / --bench (train)", choices=SPLITS)
     count: int = option(6, "pairs in the --preview grid")
@@ -868,24 +584,29 @@ class DataCommand:
     batches: int = option(20, "--bench timed batches")
 
 
-TASKS = ("synthesize", "check", "preview", "bench")  # exactly one is given
+TASKS = ("synthesize", "synthesize_sign", "check", "preview", "bench")  # exactly one is given
 
 
 def parse_command(argv=None) -> DataCommand:
     """The flags, with exactly one task among them (else a one-line error)."""
-    cfg, given = parse_config(DataCommand, argv, "DeepFashion pairs, pose maps and the built-in benchmark.")
-    tasks = ["--" + t for t in TASKS if t in given]
+    cfg, given = parse_config(DataCommand, argv, "DeepFashion pairs, pose maps and the built-in benchmarks.")
+    tasks = ["--" + t.replace("_", "-") for t in TASKS if t in given]
     if len(tasks) != 1:
-        usage_error(f"give exactly one of --synthesize --check --preview --bench, got {len(tasks)}"
+        usage_error(f"give exactly one of --synthesize --synthesize-sign --check --preview --bench, got {len(tasks)}"
                     + (f" ({' '.join(tasks)})" if tasks else ""))
     return cfg
 
 
 def _run(cfg: DataCommand) -> int:
-    if cfg.synthesize:
-        size = parse_size(cfg.size)
-        counts = synthesize(cfg.synthesize, size, cfg.seed, cfg.annotations, cfg.max_items)
-        print(f"data: wrote {cfg.synthesize}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if cfg.synthesize or cfg.synthesize_sign:
+        kind = "deepfashion" if cfg.synthesize else "sign"
+        size = parse_size(cfg.size) if cfg.size else (256, 176) if cfg.synthesize else BENCHMARKS[kind][1]
+        if cfg.synthesize:
+            counts = synthesize(cfg.synthesize, size, cfg.seed, cfg.annotations, cfg.max_items)
+        else:
+            counts = sign_data.synthesize_sign(cfg.synthesize_sign, size, cfg.seed, cfg.looks, cfg.frames_per_look,
+                                               cfg.max_items)
+        print(f"data: wrote {cfg.synthesize or cfg.synthesize_sign}: {_benchmark_summary(kind, counts)}")
         return 0
     if cfg.check:
         return check(cfg.check)

@@ -1,4 +1,4 @@
-"""The built-in benchmark's cartoon persons: one drawn person from 18 keypoints and an appearance.
+"""The built-in benchmarks' cartoon persons and signers, drawn from real keypoints and a look.
 
 No DeepFashion photo (Liu et al., CVPR 2016) can be downloaded here, so `data.synthesize`
 draws a stand-in benchmark: every clothing item gets one `Appearance` (background, skin,
@@ -28,13 +28,25 @@ Shorts shorts, Pants, Leggings, Denim and Suiting trousers), otherwise the seed 
 Keypoints arrive in data.py's convention: (18, 2) float (x, y) pixels in the 256x176 frame,
 OpenPose COCO-18 order, a joint with a negative coordinate missing (see FRAME below).
 
+The signer, for the sign-language benchmark (FPDM's PHOENIX-2014T protocol; no PHOENIX video can
+be had here either): sign_data.py draws each real signing sequence (../shared/data/sign) in many
+`SignerLook`s (background, skin, hair and its style, a top with long or short sleeves, a collar).
+`signer_geometry` scales the (50, 2) keypoints of the 260x210 frame (SIGN_FRAME; x and y apart),
+takes u from the shoulders (0.6 u apart, as in draw_person), guesses a missing shoulder, elbow or
+wrist; `draw_signer` paints long hair, the top from the shoulders past the bottom edge (PHOENIX is
+upper body only), collar, neck, head, arms (outlined, so one in front of the top shows), then the
+hands over everything, as signing holds them in front of the body and face: a palm polygon round
+wrist and knuckles, each finger tapered capsules knuckle to tip, each with a darker edge so the
+fingers stay apart at 128x104, where a hand is about 13 px.
+
 Commands (the persons are seen in the benchmark they make):
     python data.py --synthesize runs/bench --size 256x176 --max-items 20
     python data.py --preview runs/bench --out runs/preview.png
+    python data.py --synthesize-sign runs/sign
     python -m pytest -q tests/test_persons.py
 
-Shapes: H W image height and width (a PIL size is (W, H)), K = 18 keypoints, u the body
-unit in canvas pixels, P the pattern period in pixels.
+Shapes: H W image height and width (a PIL size is (W, H)), K = 18 keypoints (J = 50 for a
+signer, 21 a hand), u the body unit in canvas pixels, P the pattern period in pixels.
 """
 from __future__ import annotations
 
@@ -48,7 +60,7 @@ from PIL import Image, ImageDraw
 # note: data.py imports this file to write the benchmark, so importing data.py back would
 # close an import circle (and pull torch into a drawing file). The two facts of data.py's
 # keypoint convention a drawing needs are restated here instead; tests/test_persons.py
-# checks that they agree with data.FRAME and data.is_missing.
+# checks that they agree with data.FRAME and poses.is_missing.
 FRAME = (256, 176)  # (H, W): the frame the keypoints are in
 
 
@@ -389,3 +401,264 @@ def draw_person(keypoints, look: Appearance, size=(256, 176), supersample: int =
     _draw_head(draw, body, look, behind=False)
     # drawing at twice the size and averaging down gives smooth (antialiased) edges
     return canvas.reduce(supersample) if supersample > 1 else canvas
+
+
+# ----------------------------------------------------------------------------- the signer: keypoints
+
+# note: the facts of the signing keypoints (assets/sign/README.md, poses.SIGN50) are
+# restated here for the same reason as FRAME; tests/test_persons.py checks they agree.
+SIGN_FRAME = (260, 210)  # (H, W): PHOENIX-2014T's frame, which the 50 signing keypoints are in
+SIGN_JOINTS = 50  # BODY_25's first eight (nose, neck, right arm, left arm), then two hands
+HAND_POINTS = 21
+LEFT_HAND, RIGHT_HAND = 8, 8 + HAND_POINTS  # first point of each hand; "right" is the signer's
+PALM = (0, 1, 5, 9, 13, 17)  # wrist, thumb base, the four knuckles: once round the palm
+FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
+# shoulder, elbow, wrist, the arm's hand; the left first, so that the right hand (most signers'
+# dominant hand, the one that moves most) is drawn over the left where they cross
+ARMS = ((5, 6, 7, LEFT_HAND), (2, 3, 4, RIGHT_HAND))
+SHOULDERS_APART = 62  # the README places every sequence with its shoulders about 62 px apart
+
+
+# ----------------------------------------------------------------------------- the signer's look
+
+HAIR_STYLES = ("short", "long", "bun")
+# Muted backdrops, light and dark (PHOENIX films its signers before a dark grey-blue wall), so the
+# saturated top stands out from the wall and light and dark skins each find a wall they show on.
+BACKDROPS = ((236, 236, 232), (205, 215, 230), (215, 228, 210), (150, 150, 150), (92, 104, 124), (58, 66, 78))
+
+
+@dataclass(frozen=True)
+class SignerLook:
+    """What stays the same for one signer across a video; the benchmark draws each training
+    sequence in many looks, so the look must come from the source frame, not the sequence."""
+
+    background: tuple
+    skin: tuple
+    hair: tuple
+    hair_style: str  # short | long (falls behind the shoulders) | bun
+    top: tuple  # (colour, pattern, second colour), patterns as Appearance's
+    sleeves: str  # long | short (skin forearms)
+    collar: tuple | None  # a V collar in a third colour, or None for a round neck
+
+
+def _far(a, b, distance: int) -> bool:
+    return int(np.abs(np.subtract(a, b)).sum()) > distance
+
+
+@functools.lru_cache(maxsize=4096)
+def sample_signer_look(name: str, seed: int = 0) -> SignerLook:
+    """The deterministic look of one signer (one video in one look), from its name and a seed."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    skin = SKIN_TONES[rng.integers(len(SKIN_TONES))]
+    # note: the hands sign in front of the top, so a top near the skin tone would hide them
+    tops = [c for c in GARMENT_COLORS if _far(c, skin, 180)]
+    top = tops[rng.integers(len(tops))]
+    walls = [c for c in BACKDROPS if _far(c, skin, 120) and _far(c, top, 120)]
+    wall = np.add(walls[rng.integers(len(walls))], rng.integers(-8, 9, size=3))  # a tint per signer
+    return SignerLook(
+        background=tuple(int(v) for v in np.clip(wall, 0, 255)),
+        skin=skin,
+        hair=HAIR_COLORS[rng.integers(len(HAIR_COLORS))],
+        hair_style=str(rng.choice(HAIR_STYLES)),
+        top=(top, str(rng.choice(PATTERNS, p=[0.4, 0.2, 0.2, 0.2])), _contrasting(rng, top)),
+        sleeves=str(rng.choice(["long", "short"], p=[0.6, 0.4])),
+        collar=_contrasting(rng, top) if rng.random() < 0.4 else None,
+    )
+
+
+# ----------------------------------------------------------------------------- the signer's geometry
+
+@dataclass
+class Signer:
+    """A signing pose with the gaps a drawing needs filled in, in canvas pixels."""
+
+    unit: float  # draw_person's body unit (shoulders 0.6 u apart), so widths and patterns match it
+    neck: np.ndarray
+    shoulders: tuple
+    down: np.ndarray  # along the torso, perpendicular to the shoulders, leaning to the vertical
+    head: np.ndarray  # the face's centre
+    arms: list  # [(shoulder, elbow, wrist, the hand's wrist or None)]
+    hands: list  # [((21, 2) canvas points, (21,) bool visible)] for each hand with a point
+
+
+def _signer_torso(pts: dict, typical: float):
+    """Neck and shoulders, one guessed from the others; None without a neck or both shoulders."""
+    rs, ls, neck = pts.get(2), pts.get(5), pts.get(1)
+    if neck is None and (rs is None or ls is None):
+        return None
+    if rs is None and ls is None:  # a front view: the signer's right is the image left
+        rs, ls = neck - np.array([typical / 2, 0.0]), neck + np.array([typical / 2, 0.0])
+    rs = rs if rs is not None else 2 * neck - ls
+    ls = ls if ls is not None else 2 * neck - rs
+    neck = neck if neck is not None else (rs + ls) / 2
+    return neck, rs, ls
+
+
+def _signer_arm(pts: dict, shoulder, e: int, w: int, hand, seen, unit: float):
+    """(shoulder, elbow, wrist, hand wrist or None), or None for an arm with nothing to go on."""
+    hand_wrist = hand[0] if seen[0] else None
+    wrist = pts.get(w, hand_wrist)  # note: the hand's own wrist stands in for a missing body wrist
+    elbow = pts.get(e)
+    if elbow is None:
+        if wrist is None:
+            return None
+        elbow = (shoulder + wrist) / 2  # no elbow: a straight arm
+    if wrist is None:
+        wrist = elbow + _unit(elbow - shoulder) * 0.4 * unit
+    gap = hand_wrist is not None and np.hypot(*(hand_wrist - wrist)) > 0.01 * unit
+    return shoulder, elbow, wrist, hand_wrist if gap else None
+
+
+def signer_geometry(keypoints, size) -> Signer | None:
+    """Keypoints (50, 2) in the 260x210 frame -> a drawable Signer on a canvas of `size` (H, W)."""
+    keypoints = np.asarray(keypoints, np.float64).reshape(SIGN_JOINTS, 2)  # (50, 2)
+    scale = np.array([size[1] / SIGN_FRAME[1], size[0] / SIGN_FRAME[0]])  # (2,) x and y apart
+    points, seen = keypoints * scale, _visible(keypoints)  # (50, 2) canvas pixels, (50,)
+    pts = {j: points[j] for j in range(8) if seen[j]}
+    typical = SHOULDERS_APART * scale[0]
+    torso = _signer_torso(pts, typical)
+    if torso is None:
+        return None
+    neck, rs, ls = torso
+    unit = float(np.clip(np.hypot(*(ls - rs)), 0.7 * typical, 1.4 * typical)) / 0.6
+    across = _unit(ls - rs) if ls[0] >= rs[0] else -_unit(ls - rs)  # (2,) image left to right
+    down = _unit(np.array([-across[1], across[0]]) + np.array([0.0, 1.0]))
+    head = points[0] - down * 0.02 * unit if seen[0] else neck - down * 0.36 * unit
+    arms, hands = [], []
+    for s, e, w, h in ARMS:
+        shoulder = rs if s == 2 else ls
+        hand, hand_seen = points[h:h + HAND_POINTS], seen[h:h + HAND_POINTS]  # (21, 2), (21,)
+        arm = _signer_arm(pts, shoulder, e, w, hand, hand_seen, unit)
+        arms += [arm] if arm is not None else []
+        hands += [(hand, hand_seen)] if hand_seen.any() else []
+    return Signer(unit, neck, _widen(rs, ls, 0.7 * typical), down, head, arms, hands)
+
+
+# ----------------------------------------------------------------------------- the parts of a signer
+
+def _edge(color) -> tuple:
+    """An outline shade of `color`: darker, or lighter for a colour already near black."""
+    c = np.asarray(color, np.float64)
+    return tuple(int(v) for v in (c + (255 - c) * 0.35 if c.mean() < 70 else c * 0.68))
+
+
+def _outlined(draw, segments, fill, edge, o: float, lead: float = 0.0):
+    """Tapered capsules (p, q, r1, r2) with an outline `o` wide: all edges first, then all fills,
+    so the joints inside one chain show no line but a chain drawn later is set off by its edge.
+    The first edge starts `lead` of the way along its segment (a finger grows out of the palm)."""
+    for k, (p, q, r1, r2) in enumerate(segments):
+        _capsule(draw, p + (q - p) * (lead if k == 0 else 0.0), q, r1 + o, r2 + o, edge)
+    for p, q, r1, r2 in segments:
+        _capsule(draw, p, q, r1, r2, fill)
+
+
+def _draw_signer_torso(draw, canvas, signer: Signer, look: SignerLook):
+    """The top from the shoulders past the bottom edge, the collar, the neck."""
+    u, down, neck = signer.unit, signer.down, signer.neck
+    rs, ls = signer.shoulders
+    out, up = _unit(ls - rs) * 0.04 * u, -down * 0.1 * u  # the chest a little wider than the joints
+    reach = (canvas.size[1] - min(rs[1], ls[1])) / max(down[1], 0.3) + 0.2 * u  # past the bottom
+    top = neck + up * 1.3  # the top's edge rises from the shoulders to the neck, over the joints
+
+    def torso(d, fill):
+        _poly(d, (rs - out + up, top, ls + out + up, ls + out + down * reach, rs - out + down * reach), fill)
+        for s in (rs, ls):
+            d.ellipse(_box(s, 0.1 * u), fill=fill)
+
+    _paint(canvas, look.top, signer, torso)
+    across = _unit(ls - rs)
+    if look.collar is not None:  # a V of collar with skin inside it
+        _poly(draw, (top - across * 0.13 * u, top + across * 0.13 * u, neck + down * 0.12 * u), look.collar)
+        _poly(draw, (top - across * 0.07 * u, top + across * 0.07 * u, neck + down * 0.03 * u), look.skin)
+    _capsule(draw, neck, signer.head, 0.07 * u, 0.07 * u, look.skin)
+
+
+def _draw_signer_head(draw, signer: Signer, look: SignerLook, behind: bool):
+    """Long hair behind the body (`behind`), else hair, bun and the face with its eyes."""
+    u, c = signer.unit, signer.head
+    rx, ry = 0.16 * u, 0.2 * u  # a head about half the shoulder width across, a cartoon's head
+    if behind:
+        if look.hair_style == "long":  # down to the shoulders, behind them
+            _poly(draw, (c + (-1.1 * rx, 0), c + (1.1 * rx, 0), c + (1.35 * rx, 2.2 * ry), c + (-1.35 * rx, 2.2 * ry)),
+                  look.hair)
+        return
+    draw.ellipse([c[0] - 1.1 * rx, c[1] - 1.2 * ry, c[0] + 1.1 * rx, c[1] + 0.6 * ry], fill=look.hair)
+    if look.hair_style == "bun":
+        draw.ellipse(_box(c - (0, 1.25 * ry), 0.55 * rx), fill=look.hair)
+    draw.ellipse([c[0] - rx, c[1] - 0.88 * ry, c[0] + rx, c[1] + ry], fill=look.skin)
+    for side in (-1, 1):
+        draw.ellipse(_box(c + (side * 0.42 * rx, -0.12 * ry), 0.025 * u), fill=(40, 30, 30))
+
+
+def _draw_signer_arm(draw, canvas, signer: Signer, look: SignerLook, arm):
+    """One arm: skin (forearm and the wrist up to the hand), then the sleeve over it, outlined
+    so that an arm in front of the top (same colour) still shows."""
+    shoulder, elbow, wrist, hand_wrist = arm
+    u = signer.unit
+    bare = [(shoulder, elbow, 0.085 * u, 0.07 * u), (elbow, wrist, 0.07 * u, 0.055 * u)]
+    bare += [(wrist, hand_wrist, 0.055 * u, 0.05 * u)] if hand_wrist is not None else []
+    _outlined(draw, bare, look.skin, _edge(look.skin), 0.015 * u)
+    if look.sleeves == "short":  # ends halfway down the upper arm
+        sleeve = [(shoulder, shoulder + (elbow - shoulder) * 0.55, 0.105 * u, 0.095 * u)]
+    else:
+        sleeve = [(shoulder, elbow, 0.105 * u, 0.085 * u), (elbow, wrist, 0.085 * u, 0.07 * u)]
+    for p, q, r1, r2 in sleeve:
+        _capsule(draw, p, q, r1 + 0.02 * u, r2 + 0.02 * u, _edge(look.top[0]))
+    _paint(canvas, look.top, signer, lambda d, fill: [_capsule(d, *s, fill) for s in sleeve])
+
+
+def _draw_hand(draw, signer: Signer, look: SignerLook, points, seen):
+    """A palm polygon round the wrist and knuckles, then each finger knuckle to tip, each with a
+    darker edge so that the fingers stay apart where they cross the palm or each other.
+    note: widths come from the body unit, not the hand's projected length: a hand turned
+    edge-on looks shorter, never thinner."""
+    u, edge = signer.unit, _edge(look.skin)
+    r, o = 0.024 * u, 0.012 * u  # a finger about 0.08 shoulder widths thick, a cartoon's fingers
+    ring = [points[j] for j in PALM if seen[j]]  # the palm's visible corners, in order round it
+    if len(ring) >= 2:
+        _outlined(draw, [(p, q, r, r) for p, q in zip(ring, ring[1:] + ring[:1])], look.skin, edge, o)
+    if len(ring) >= 3:
+        _poly(draw, ring, look.skin)
+    for finger in FINGERS[::-1]:  # little finger first, thumb last: as seen from the back of the hand
+        bones = [(points[a], points[b], r * (1 - 0.07 * k), r * (0.93 - 0.07 * k))
+                 for k, (a, b) in enumerate(zip(finger, finger[1:])) if seen[a] and seen[b]]
+        _outlined(draw, bones, look.skin, edge, o, lead=0.4)  # no line across the knuckles
+
+
+# ----------------------------------------------------------------------------- one signer
+
+def draw_signer(keypoints, look: SignerLook, size=(128, 104), supersample: int = 2):
+    """One drawn signer in one pose (keypoints (50, 2) in the 260x210 frame), PIL (W, H) RGB,
+    or None for a pose with neither neck nor both shoulders."""
+    height, width = size
+    big = (height * supersample, width * supersample)
+    signer = signer_geometry(keypoints, big)
+    if signer is None:
+        return None
+    canvas = Image.new("RGB", (big[1], big[0]), look.background)
+    draw = ImageDraw.Draw(canvas)
+    _draw_signer_head(draw, signer, look, behind=True)
+    _draw_signer_torso(draw, canvas, signer, look)
+    _draw_signer_head(draw, signer, look, behind=False)
+    for arm in signer.arms:  # arms over the face: signing brings them up in front of it
+        _draw_signer_arm(draw, canvas, signer, look, arm)
+    for points, seen in signer.hands:  # hands last: they sign in front of the body and the face
+        _draw_hand(draw, signer, look, points, seen)
+    return canvas.reduce(supersample) if supersample > 1 else canvas
+
+
+# ----------------------------------------------------------------------------- many images at once
+
+def draw_all(draw_jobs, jobs: list, workers: int) -> int:
+    """Run `draw_jobs(chunk) -> count` over `jobs` in `workers` processes; returns the count drawn.
+    Images are independent, so two processes draw twice as fast on two cores; small jobs (the tests)
+    stay in this process, where starting workers would cost more. `draw_jobs` must be a module-level
+    function (workers receive it by name), and the result does not depend on `workers`."""
+    if workers <= 1 or len(jobs) < 400:
+        return draw_jobs(jobs)
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        return sum(pool.map(draw_jobs, chunks))

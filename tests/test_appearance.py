@@ -11,10 +11,12 @@ import torch
 
 import appearance
 import data
+import deepfashion
+import poses
 import persons
 
-REAL = data.read_keypoint_csv(data.BUNDLED_ANNOTATIONS)
-COMPLETE = next(kp for _, kp in sorted(REAL.items()) if not data.is_missing(kp).any())
+REAL = deepfashion.read_keypoint_csv(deepfashion.BUNDLED_ANNOTATIONS)
+COMPLETE = next(kp for _, kp in sorted(REAL.items()) if not poses.is_missing(kp).any())
 
 
 def test_lab_matches_published_values():
@@ -45,7 +47,7 @@ def test_part_colour_of_a_drawn_person_is_its_garment():
                                legwear="trousers", bottom=((214, 39, 40), "plain", (250, 250, 250)))
     size = (64, 44)
     image = np.asarray(persons.draw_person(COMPLETE, look, size))  # (H, W, 3)
-    kp = data.scale_keypoints(COMPLETE, data.FRAME, size)
+    kp = poses.scale_keypoints(COMPLETE, data.FRAME, size)
     lab, rgb, visible = appearance.part_colours(torch.from_numpy(image.copy()).permute(2, 0, 1)[None] / 255.0, [kp])
     assert visible[0].all()
     top = appearance.srgb_to_lab(torch.tensor([60, 150, 230]) / 255.0)
@@ -57,8 +59,8 @@ def test_part_colour_of_a_drawn_person_is_its_garment():
 
 def test_scores_at_their_extremes():
     torch.manual_seed(0)
-    with_torso = [kp for _, kp in sorted(REAL.items()) if not data.is_missing(kp)[list(appearance.TORSO)].any()]
-    kp = [data.scale_keypoints(kp, data.FRAME, (64, 44)) for kp in with_torso[:12]]
+    with_torso = [kp for _, kp in sorted(REAL.items()) if not poses.is_missing(kp)[list(appearance.TORSO)].any()]
+    kp = [poses.scale_keypoints(kp, data.FRAME, (64, 44)) for kp in with_torso[:12]]
     images = torch.rand(12, 3, 1, 1).expand(-1, -1, 64, 44).clone()  # one flat colour per image
     colours = appearance.part_colours(images, kp)
     same = appearance.PartColourScore()

@@ -15,11 +15,13 @@ from PIL import Image
 
 import cli
 import data
+import deepfashion
+import poses
 
-REAL = data.read_keypoint_csv(data.BUNDLED_ANNOTATIONS)
+REAL = deepfashion.read_keypoint_csv(deepfashion.BUNDLED_ANNOTATIONS)
 # three real poses: two complete ones and one with missing joints (-1)
-COMPLETE = [kp for _, kp in sorted(REAL.items()) if not data.is_missing(kp).any()]
-PARTIAL = next(kp for _, kp in sorted(REAL.items()) if 0 < data.is_missing(kp).sum() < 10)
+COMPLETE = [kp for _, kp in sorted(REAL.items()) if not poses.is_missing(kp).any()]
+PARTIAL = next(kp for _, kp in sorted(REAL.items()) if 0 < poses.is_missing(kp).sum() < 10)
 POSES = [COMPLETE[0], COMPLETE[1], PARTIAL]
 CSV_NAMES = ["fashionWOMENDressesid0000000101_1front.jpg", "fashionWOMENDressesid0000000101_2side.jpg",
              "fashionMENTees_Tanksid0000000201_1front.jpg"]
@@ -40,7 +42,7 @@ def _csv_row(name, kp, sep=": "):
 def make_csv_layout(root, prefix="fashion", header=True, sep=": ", pad=False):
     """The CFLD layout; `pad` writes the older 256x256-frame `fasion-annotation` file instead."""
     ann = root / (f"{prefix}-annotation-train.csv" if pad else f"{prefix}-resize-annotation-train.csv")
-    shift = np.array([data.BORDER if pad else 0, 0])
+    shift = np.array([deepfashion.BORDER if pad else 0, 0])
     rows = [_csv_row(n, np.where(kp < 0, -1, kp + shift), sep) for n, kp in zip(CSV_NAMES, POSES)]
     root.mkdir(parents=True, exist_ok=True)
     ann.write_text("name:keypoints_y:keypoints_x\n" + "".join(rows))
@@ -53,9 +55,9 @@ def make_csv_layout(root, prefix="fashion", header=True, sep=": ", pad=False):
 
 
 def _pose_txt(root, rel, kp):
-    path = data._pose_path(root, rel)
+    path = deepfashion._pose_path(root, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
-    padded = np.where(kp < 0, -1, kp + np.array([data.BORDER, 0]))  # the 256x256 frame
+    padded = np.where(kp < 0, -1, kp + np.array([deepfashion.BORDER, 0]))  # the 256x256 frame
     path.write_text("".join(f"{x:.0f} {y:.0f}\n" for x, y in padded))
 
 
@@ -79,7 +81,7 @@ def test_bundled_file_converts_y_first_and_40_pixel_border():
     assert kp.shape == (18, 2) and kp.dtype == np.float32
     np.testing.assert_array_equal(kp[:2], [[129 - 40, 24], [122 - 40, 49]])
     assert len(REAL) == 4061
-    assert data.is_missing(REAL["fasionWOMENSweatersid0000224202_3back.jpg"])[9]  # its r_knee is -1
+    assert poses.is_missing(REAL["fasionWOMENSweatersid0000224202_3back.jpg"])[9]  # its r_knee is -1
 
 
 @pytest.mark.parametrize("prefix,header,sep", [("fashion", True, ": "), ("fasion", False, ":")])
@@ -92,14 +94,14 @@ def test_csv_layout_both_frames_agree(tmp_path, prefix, header, sep):
     for name, kp in zip(CSV_NAMES, POSES):
         np.testing.assert_array_equal(a[name], kp)
         np.testing.assert_array_equal(b[name], kp)
-    assert (a[CSV_NAMES[2]][data.is_missing(PARTIAL)] == -1).all()
+    assert (a[CSV_NAMES[2]][poses.is_missing(PARTIAL)] == -1).all()
 
 
 @pytest.mark.parametrize("layout", ["nted", "pcdm"])
 def test_pose_file_layouts(tmp_path, layout):
     make_pose_layout(tmp_path, layout)
     assert data.detect_layout(tmp_path) == layout
-    names = [data.flat_name(p) for p in NTED_PATHS]
+    names = [deepfashion.flat_name(p) for p in NTED_PATHS]
     assert names[0] == "fashionWOMENDressesid0000000101_1front.jpg"
     # NTED lists the target first, then its sources; PCDM names them
     assert data.load_pairs(tmp_path, "train") == [(names[1], names[0]), (names[2], names[0])]
@@ -128,47 +130,47 @@ def _arm_only():
 
 
 def test_render_pose_draws_limb_colour_and_nothing_for_missing_joints():
-    pose = data.render_pose(_arm_only(), 128, 128)
+    pose = poses.render_pose(_arm_only(), 128, 128)
     assert pose.shape == (128, 128, 3) and pose.dtype == np.uint8
-    assert data.LIMBS[2] == (2, 3)
-    assert tuple(pose[60, 60]) == data.POSE_COLORS[2]  # the limb's midpoint
-    assert tuple(pose[20, 20]) == data.POSE_COLORS[2] and tuple(pose[100, 100]) == data.POSE_COLORS[3]
+    assert poses.LIMBS[2] == (2, 3)
+    assert tuple(pose[60, 60]) == poses.POSE_COLORS[2]  # the limb's midpoint
+    assert tuple(pose[20, 20]) == poses.POSE_COLORS[2] and tuple(pose[100, 100]) == poses.POSE_COLORS[3]
     ys, xs = np.nonzero(pose.any(-1))
     assert np.abs(ys - xs).max() <= 5  # every drawn pixel hugs the one visible limb
-    assert not data.render_pose(np.full((18, 2), -1.0), 64, 64).any()
+    assert not poses.render_pose(np.full((18, 2), -1.0), 64, 64).any()
 
 
 def test_render_pose_scales_x_and_y_separately():
     kp = COMPLETE[0]
-    direct = data.render_pose(kp, 128, 88, frame=(256, 176))
-    scaled = data.render_pose(data.scale_keypoints(kp, (256, 176), (128, 88)), 128, 88)
+    direct = poses.render_pose(kp, 128, 88, frame=(256, 176))
+    scaled = poses.render_pose(poses.scale_keypoints(kp, (256, 176), (128, 88)), 128, 88)
     np.testing.assert_array_equal(direct, scaled)
-    wide = data.scale_keypoints(kp, (256, 176), (256, 256))
+    wide = poses.scale_keypoints(kp, (256, 176), (256, 256))
     np.testing.assert_allclose(wide[:, 0], kp[:, 0] * 256 / 176, rtol=1e-6)
     np.testing.assert_allclose(wide[:, 1], kp[:, 1])
 
 
 def test_heatmaps_peak_at_joints_and_vanish_for_missing():
     kp = _arm_only()
-    maps = data.pose_heatmaps(kp, 128, 128)
+    maps = poses.pose_heatmaps(kp, 128, 128)
     assert maps.shape == (18, 128, 128) and maps.dtype == np.float32
     assert maps[2, 20, 20] == pytest.approx(1.0) and maps[3].argmax() == 100 * 128 + 100
-    sigma = data.HEATMAP_SIGMA * 128
+    sigma = poses.HEATMAP_SIGMA * 128
     assert maps[2, 20, 23] == pytest.approx(np.exp(-9 / (2 * sigma**2)), rel=1e-5)
     assert not maps[[0, 1, 4]].any()
 
 
 def test_flip_swaps_left_and_right():
-    perm = np.array(data.FLIP_PERM)
+    perm = np.array(poses.FLIP_PERM)
     np.testing.assert_array_equal(perm[perm], np.arange(18))  # an involution
-    assert data.KEYPOINT_NAMES[perm[2]] == "l_shoulder" and perm[0] == 0
-    kp = data.scale_keypoints(COMPLETE[0], (256, 176), (128, 128))
-    np.testing.assert_allclose(data.flip_keypoints(data.flip_keypoints(kp, 128), 128), kp)
+    assert poses.KEYPOINT_NAMES[perm[2]] == "l_shoulder" and perm[0] == 0
+    kp = poses.scale_keypoints(COMPLETE[0], (256, 176), (128, 128))
+    np.testing.assert_allclose(poses.flip_keypoints(poses.flip_keypoints(kp, 128), 128), kp)
     arm = _arm_only()
-    flipped = data.render_pose(data.flip_keypoints(arm, 128), 128, 128)
-    mirrored = data.render_pose(arm, 128, 128)[:, ::-1]
+    flipped = poses.render_pose(poses.flip_keypoints(arm, 128), 128, 128)
+    mirrored = poses.render_pose(arm, 128, 128)[:, ::-1]
     assert (flipped.any(-1) != mirrored.any(-1)).mean() < 0.01  # the same pixels are drawn...
-    assert data.LIMBS[4] == (5, 6) and tuple(flipped[60, 127 - 60]) == data.POSE_COLORS[4]  # ...as a left arm
+    assert poses.LIMBS[4] == (5, 6) and tuple(flipped[60, 127 - 60]) == poses.POSE_COLORS[4]  # ...as a left arm
 
 
 def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
@@ -176,7 +178,7 @@ def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
     plain, flipped = ds.load_item(0, flipped=False), ds.load_item(0, flipped=True)
     for role in ("source", "target"):
         torch.testing.assert_close(flipped[role], plain[role].flip(-1))
-        kp = data.flip_keypoints(plain[f"{role}_keypoints"].numpy(), 32)
+        kp = poses.flip_keypoints(plain[f"{role}_keypoints"].numpy(), 32)
         torch.testing.assert_close(flipped[f"{role}_keypoints"], torch.from_numpy(kp))
         torch.testing.assert_close(flipped[f"{role}_pose"], ds.pose_map(kp))
 
@@ -192,7 +194,7 @@ def test_dataset_items_and_batches(tiny_root):
     assert -1 <= item["source"].min() < item["source"].max() <= 1
     assert 0 <= item["target_pose"].min() and item["target_pose"].max() <= 1
     kp = data.load_annotations(tiny_root, "train")[item["target_name"]]
-    np.testing.assert_allclose(item["target_keypoints"].numpy(), data.scale_keypoints(kp, (256, 176), (48, 48)))
+    np.testing.assert_allclose(item["target_keypoints"].numpy(), poses.scale_keypoints(kp, (256, 176), (48, 48)))
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["target_pose"].shape == (4, 21, 48, 48) and len(batch["source_name"]) == 4
 
@@ -227,13 +229,13 @@ def test_benchmark_splits_by_item_and_keeps_real_pairs(tiny_root):
     meta = json.loads((tiny_root / "benchmark.json").read_text())["counts"]
     assert meta["rows"] == 4061 and meta["skipped_no_joints"] == 640  # counted, not silently dropped
     assert meta["items_train"] + meta["items_test"] == 12 and meta["items_test"] == 1
-    real_pairs = {(s, t) for s, t, _ in data.read_pair_csv(data.BUNDLED_PAIRS)}
+    real_pairs = {(s, t) for s, t, _ in deepfashion.read_pair_csv(deepfashion.BUNDLED_PAIRS)}
     items = {}
     for split in data.SPLITS:
         pairs = data.load_pairs(tiny_root, split)
         assert pairs and set(pairs) <= real_pairs
-        assert all(data.item_id(s) == data.item_id(t) for s, t in pairs)
-        items[split] = {data.item_id(s) for s, _ in pairs}
+        assert all(deepfashion.item_id(s) == deepfashion.item_id(t) for s, t in pairs)
+        items[split] = {deepfashion.item_id(s) for s, _ in pairs}
         keypoints = data.load_annotations(tiny_root, split)
         np.testing.assert_array_equal(keypoints[pairs[0][0]], REAL[pairs[0][0]])  # the real pose, converted
     assert not items["train"] & items["test"]
@@ -288,7 +290,7 @@ def _break(root, layout, kind):
         (root / "train_highres" / CSV_NAMES[1]).unlink()  # missing image
         return [f"{pairs}:2", "image file not found", CSV_NAMES[1]]
     make_pose_layout(root, layout)
-    pose = data._pose_path(root, NTED_PATHS[2])
+    pose = deepfashion._pose_path(root, NTED_PATHS[2])
     if kind == "wrong count":
         pose.write_text("".join(pose.read_text().splitlines(keepends=True)[:17]))
         return [str(pose), "expected 18 rows", "got 17"]

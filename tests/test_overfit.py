@@ -28,6 +28,8 @@ import pytest
 import torch
 
 import data
+import deepfashion
+import poses
 import metrics
 import pipeline
 import train
@@ -45,12 +47,12 @@ SWAP_WORST = 1.0    # ... and every pair closer to the other person than to its 
 
 def write_annotations(path):
     """Three items in the same three real, complete poses, as a csv-layout annotation file."""
-    real = data.read_keypoint_csv(data.BUNDLED_ANNOTATIONS)
-    poses = [kp for _, kp in sorted(real.items()) if not data.is_missing(kp).any()][:3]
+    real = deepfashion.read_keypoint_csv(deepfashion.BUNDLED_ANNOTATIONS)
+    complete = [kp for _, kp in sorted(real.items()) if not poses.is_missing(kp).any()][:3]
     with open(path, "w", encoding="utf-8") as f:
         f.write("name:keypoints_y:keypoints_x\n")
         for item in ITEMS:
-            for view, kp in zip(VIEWS, poses):
+            for view, kp in zip(VIEWS, complete):
                 kp = np.round(kp).astype(int)
                 f.write(f"{item}_{view}.jpg: {kp[:, 1].tolist()}: {kp[:, 0].tolist()}\n")
     return path
@@ -68,7 +70,7 @@ def handful(tmp_path_factory):
 
 def other_person(name: str, items: list) -> str:
     """The same view of the other training person."""
-    item = data.item_id(name)
+    item = deepfashion.item_id(name)
     other = next(i for i in items if i != item)
     return name.replace(item, other)
 
@@ -85,7 +87,7 @@ def generate(gen, pairs, sources):
 def draw_back_and_swap(ckpt, root) -> dict:
     gen = pipeline.Generator.from_checkpoint(ckpt, use_ema=True, device="cpu")
     pairs = data.PairDataset(root, "train", gen.image_size)
-    items = sorted({data.item_id(s) for s, _ in pairs.pairs})
+    items = sorted({deepfashion.item_id(s) for s, _ in pairs.pairs})
     assert len(items) == 2, items
     load = lambda names: torch.stack([pairs.load_image(n) for n in names])  # noqa: E731  (B, 3, S, S)
     source, target = load([s for s, _ in pairs.pairs]), (load([t for _, t in pairs.pairs]) + 1) / 2
