@@ -42,13 +42,14 @@ import data
 import diffusion
 import fusion
 import pipeline
+import poses
 from cli import option, parse_config, parse_size, progress
-from data import PairDataset
+from data import FRAME, PairDataset
 from guidance import guided_output
 from metrics import Metrics, build_metrics, frechet_distance, psnr, ssim  # noqa: F401 (DESIGN's public names)
 from pipeline import Generator, Sampling
 from scoring import (CEILING_ROW, NAME_SEPARATOR, RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, match_files, print_table,
-                     reference_stats, score_baselines, score_ceiling, score_pairs, score_sensitivity)
+                     reference_stats, score_baselines, score_ceiling, score_pairs, score_sensitivity, videos_of)
 from sweep import DEFAULT_REFLOW_CKPT, run_sweep
 from unet import timestep_embedding
 
@@ -219,7 +220,9 @@ class Plan:
     data: Optional[str] = None          # dataset root of the baseline rows (None: no baselines)
     split: str = "test"
     baseline_pairs: Optional[list] = None  # [(source name, target name)]; None: the whole split
-    keypoints: Optional[list] = None    # the generated row's target keypoints (data.FRAME): colour columns
+    keypoints: Optional[list] = None    # the generated row's target keypoints (in `frame`): colour columns
+    frame: tuple = FRAME                # the (H, W) frame of those keypoints
+    videos: Optional[list] = None       # the video of each generated row's target (signers): temporal error
     checkpoint: str = ""                # the generator behind the row: source sensitivity and the ceiling
     sampling: Optional[dict] = None     # how it sampled (sample.py's record)
     ema: bool = True                    # with the checkpoint's EMA weights (sample.py's default)
@@ -238,12 +241,13 @@ def plan_request(cfg: EvalConfig) -> Plan:
     size = parse_size(cfg.size) if cfg.size else real_photo_size(generated, cfg)
     baseline_pairs = pairs_named_by([g for g, _ in generated], cfg.data, cfg.split) if (
         cfg.baselines and generated) else None
-    keypoints = None
-    if baseline_pairs:  # --data names the dataset: its keypoints give the part colour columns
-        annotations = data.load_annotations(cfg.data, cfg.split)
-        keypoints = [annotations[t] for _, t in baseline_pairs]
+    keypoints, frame, videos = None, data.FRAME, None
+    if baseline_pairs:  # --data names the dataset: its keypoints give the part colour (and hand) columns
+        dataset = PairDataset(cfg.data, cfg.split, 64, verbose=False)
+        keypoints, frame = [dataset.keypoints[t] for _, t in baseline_pairs], dataset.frame
+        videos = videos_of(dataset, [t for _, t in baseline_pairs])
     return Plan(size, generated, Path(cfg.generated).resolve().name if generated else "",
-                cfg.data if cfg.baselines else None, cfg.split, baseline_pairs, keypoints)
+                cfg.data if cfg.baselines else None, cfg.split, baseline_pairs, keypoints, frame=frame, videos=videos)
 
 
 def real_photo_size(generated: list, cfg: EvalConfig) -> tuple:
@@ -277,10 +281,11 @@ def plan_newest_samples(cfg: EvalConfig) -> Plan:
     print(f"evaluate.py: scoring {folder}/ ({len(rows)} {record['split']} pairs of {record['data_root']}, "
           f"from {record['checkpoint']}); --generated DIR --real DIR scores another folder")
     size = parse_size(cfg.size) if cfg.size else tuple(record["photo_size"])
+    targets = [target for _, target, _ in rows]
     return Plan(size, generated, folder.name, record["data_root"], record["split"],
                 [(source, target) for source, target, _ in rows],
-                [dataset.keypoints[target] for _, target, _ in rows], record["checkpoint"], record["sampling"],
-                record.get("ema", True))
+                [dataset.keypoints[t] for t in targets], checkpoint=record["checkpoint"], sampling=record["sampling"],
+                ema=record.get("ema", True), frame=dataset.frame, videos=videos_of(dataset, targets))
 
 
 def pairs_named_by(files, root, split: str) -> list[tuple[str, str]]:
@@ -300,12 +305,20 @@ def pairs_named_by(files, root, split: str) -> list[tuple[str, str]]:
     return [by_stems[key] for key in keys]
 
 
+# FPDM's Table 4 also reports Hand PE, the distance between hand keypoints detected in the generated
+# and the real frames. That needs a hand-keypoint detector, and the user's stack has none.
+HAND_PE_NOTE = ("Hand PE left out: it needs a hand-keypoint detector (FPDM runs OpenPose's hand model), and "
+                "the stack has none (torchvision's Keypoint R-CNN finds 17 body joints, no fingers)")
+
+
 def score_plan(plan: Plan, cfg: EvalConfig, metrics: Metrics, ref_stats) -> dict:
     """{row name: metrics}: the generated row, then the baselines on the same pairs."""
     rows = {}
+    if plan.keypoints and len(plan.keypoints[0]) == len(poses.SIGN50.joint_names):
+        metrics.note(HAND_PE_NOTE)
     if plan.generated:
-        rows[plan.name] = score_pairs(plan.generated, metrics, plan.size, cfg.batch_size,
-                                      ref_stats=ref_stats, desc=plan.name, keypoints=plan.keypoints)
+        rows[plan.name] = score_pairs(plan.generated, metrics, plan.size, cfg.batch_size, ref_stats=ref_stats,
+                                      desc=plan.name, keypoints=plan.keypoints, frame=plan.frame, videos=plan.videos)
     gen = None
     if plan.checkpoint and Path(plan.checkpoint).is_file():
         gen = Generator.from_checkpoint(plan.checkpoint, plan.ema, metrics.device)

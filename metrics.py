@@ -1,4 +1,4 @@
-"""The measures: SSIM, PSNR, sharpness, LPIPS and FID, written the way PGPIS papers score.
+"""The measures: SSIM, PSNR, sharpness, LPIPS, FID, Hand SSIM and temporal error, as papers score.
 
 Pose-guided person image synthesis papers (PATN, NTED, CASD, PIDM, CFLD, FPDM, RPFM) compare a
 generated image with the ground-truth target photo at 256x176 (or 512x352). This file holds the
@@ -20,6 +20,20 @@ measures of the task's other half (the source's colours).
   InceptionV3 (Szegedy et al., arXiv 1512.00567) 2048-d pool features of two image sets, in
   float64, with a matrix square root that stays real on (near-)singular covariances.
 
+Sign language (FPDM's PHOENIX-2014T experiment, its Table 4; keypoints (50, 2) as in
+assets/sign/README.md and poses.SIGN50) adds two:
+- Hand SSIM (the hand measure of Saunders et al.'s sign-language video work, SignGAN 2020): SSIM on a
+  square crop centred on each hand's middle-finger knuckle (hand point 9: joints 17 and 38), 60x60 at
+  PHOENIX's 260x210 frame, the side scaled with the image height. Whole-frame SSIM is dominated by
+  the still background and torso; the hands carry the signs and cover a small part of the frame.
+  The crops are cut at the TARGET's knuckles in both images; a hand missing there is skipped, so an
+  image contributes 0, 1 or 2 crops, and a set's Hand SSIM is the mean over all its crops.
+- Temporal error (what a ground-truth video makes possible): per step t, mean |d_g - d_r| with
+  d_g = g[t+1] - g[t] and d_r = r[t+1] - r[t], over pixels and channels; the mean over steps and the
+  worst step. The true video scores 0; a frozen output scores mean |d_r| (reported beside it as
+  real_change, the figure a result must beat); a shimmering one its shimmer. Per-frame SSIM hardly
+  sees either failure: a frozen first frame can score well on every frame of a slow sign.
+
 Weights never download here: LPIPS and FID load local files or torchvision's cache under
 TORCH_HOME; when they are absent a one-line note says so and the metric is left out. The files:
   --lpips-weights FILE    the LPIPS heads, alex.pth / vgg.pth of the `lpips` package (found there
@@ -31,10 +45,10 @@ To fill torchvision's cache once on a machine that is online: python -c "import 
 as m; m.alexnet(weights='DEFAULT'); m.inception_v3(weights='DEFAULT')". Compare FIDs only at equal
 image counts.
 
-Test: python -m pytest -q tests/test_evaluate.py
+Tests: python -m pytest -q tests/test_evaluate.py tests/test_sign_metrics.py
 
-Shape letters: B batch, C channels (3 for images), H W height width, N images in a set,
-D feature dimension (2048 for Inception), K window size.
+Shape letters: B batch, C channels (3 for images), H W height width, N images in a set (or hand
+crops), D feature dimension (2048 for Inception), K window size, T video frames, s crop side.
 """
 from __future__ import annotations
 
@@ -121,6 +135,172 @@ def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
                           device=images.device).view(1, 1, 3, 3)
     return F.conv2d(gray, kernel).flatten(1).var(dim=1)  # (B,) over the valid (H-2) x (W-2) positions
+
+
+# ----------------------------------------------------------------------------- sign language: Hand SSIM
+
+HAND_KNUCKLES = (17, 38)  # middle-finger knuckle (hand point 9) of the left (8 + 9) and right (29 + 9) hand
+HAND_CROP = 60 / 260  # the crop side over the image height: 60 px in PHOENIX's 260 x 210 frame
+
+
+def hand_crop_side(height: int) -> int:
+    """The Hand SSIM crop side at an image height: round(60 * H / 260), 60 at 260 and 30 at 130."""
+    side = round(HAND_CROP * height)  # note: 60 H / 260 is never k + 1/2 for an integer H: no ties
+    if side < 3:
+        raise ValueError(f"Hand SSIM needs images at least 11 px high (a 3 px crop), got {height}")
+    return side
+
+
+def hand_window(side: int) -> tuple[int, float]:
+    """SSIM's window and sigma for crops of this side: the usual 11 and 1.5 when they fit.
+
+    note: crops under 11 px (images under 46 px high, e.g. the 32 px test models) are smaller than
+    SSIM's window; they get the largest odd window that fits, its sigma shrunk with it (1.5 K / 11), so
+    the filter is the usual Gaussian scaled down with the image rather than one cut off at the crop.
+    """
+    if side >= 11:
+        return 11, 1.5
+    window = side if side % 2 else side - 1
+    return window, 1.5 * window / 11
+
+
+def _sign_keypoints(keypoints) -> torch.Tensor:
+    """(B, 50, 2) float64 CPU keypoints from a (B, 50, 2) tensor/array or a list of (50, 2) arrays."""
+    if len(keypoints) == 0:
+        return torch.zeros(0, 50, 2, dtype=torch.float64)
+    kp = torch.stack([torch.as_tensor(k, dtype=torch.float64).cpu() for k in keypoints])  # (B, 50, 2)
+    if kp.shape[1:] != (50, 2):
+        raise ValueError(f"Hand SSIM expects (50, 2) upper-body-and-hands keypoints per image, got "
+                         f"{tuple(kp.shape[1:])}")
+    return kp
+
+
+def hand_boxes(keypoints, height: int, width: int) -> list:
+    """Each image's crop boxes: boxes[i][hand] = (top, left, side) in the H x W frame, or None.
+
+    hand 0 is the left hand (joints 8-28), 1 the right (29-49). The knuckle's pixel (x and y rounded)
+    is the crop's centre pixel, row and column side // 2 of the crop (for an even side, the lower right
+    of the middle four). None where the knuckle is missing (a negative coordinate) or outside the frame.
+    note: near a border the box reaches past the image (top or left negative, or beyond H or W) instead
+    of shifting inwards: a shifted box would put the knuckle off-centre, so the same hand shape would be
+    scored on a different window according to where it stands; hand_crops pads the images to fill it.
+    """
+    side = hand_crop_side(height)
+    boxes = []
+    for points in _sign_keypoints(keypoints):  # (50, 2)
+        row = []
+        for joint in HAND_KNUCKLES:
+            x, y = float(points[joint, 0]), float(points[joint, 1])
+            if not (0 <= x < width and 0 <= y < height):  # also False for NaN
+                row.append(None)
+                continue
+            col, line = min(math.floor(x + 0.5), width - 1), min(math.floor(y + 0.5), height - 1)
+            row.append((line - side // 2, col - side // 2, side))
+        boxes.append(row)
+    return boxes
+
+
+def hand_crops(images: torch.Tensor, keypoints) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hand crops (N, 3, s, s) of images (B, 3, H, W) at hand_boxes(keypoints, H, W), and `which`
+    (N, 2) long on the CPU: each crop's image index and hand (0 left, 1 right), image by image.
+
+    Cut the generated and the real images with the same (the TARGET's) keypoints, so both crops cover
+    the same place. note: the images are replicate-padded by side // 2, enough for any box centred in
+    the image (it ends at most side - 1 - side // 2 <= side // 2 past the last row). Replicate, not
+    zeros: a constant pad is identical in both images and would count as perfect structure, while
+    replicating keeps comparing each image's own border pixels.
+    """
+    b, c, h, w = images.shape
+    boxes = hand_boxes(keypoints, h, w)
+    if len(boxes) != b:
+        raise ValueError(f"hand_crops: {b} images but {len(boxes)} keypoint sets")
+    side = hand_crop_side(h)
+    pad = side // 2
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")  # (B, C, H + 2 pad, W + 2 pad)
+    crops, which = [], []
+    for i, row in enumerate(boxes):
+        for hand, box in enumerate(row):
+            if box is not None:
+                top, left = box[0] + pad, box[1] + pad  # into the padded frame
+                crops.append(padded[i, :, top:top + side, left:left + side])  # (C, s, s)
+                which.append((i, hand))
+    if not crops:
+        return images.new_zeros(0, c, side, side), torch.zeros(0, 2, dtype=torch.long)
+    return torch.stack(crops), torch.tensor(which, dtype=torch.long)  # (N, C, s, s), (N, 2)
+
+
+def hand_ssim(generated: torch.Tensor, real: torch.Tensor, keypoints) -> tuple[torch.Tensor, int]:
+    """Per-crop Hand SSIM (N,) and the count N of crops scored.
+
+    generated, real: (B, 3, H, W) in [0, 1] (a video's T frames are a batch too); keypoints: the
+    TARGET's, (B, 50, 2) or B arrays (50, 2), (x, y) pixels in the H x W frame, negative = missing.
+    Both hands of every image count where the target shows their knuckle (0, 1 or 2 crops an image);
+    a set's Hand SSIM is the mean of all its crops' values, so keep the values, not per-batch means.
+    """
+    _check_pair(generated, real)
+    gen_crops, _ = hand_crops(generated, keypoints)  # (N, 3, s, s)
+    real_crops, _ = hand_crops(real, keypoints)  # (N, 3, s, s)
+    if gen_crops.shape[0] == 0:
+        return generated.new_zeros(0), 0
+    window, sigma = hand_window(gen_crops.shape[-1])
+    values = ssim(gen_crops, real_crops, window=window, sigma=sigma)  # (N,)
+    return values, int(values.shape[0])
+
+
+# ----------------------------------------------------------------------------- sign language: temporal error
+
+def _step_errors(generated: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step t: mean |d_g - d_r| (T-1,) and the real change mean |d_r| (T-1,), over pixels and channels."""
+    _check_pair(generated, real)
+    if generated.shape[0] < 2:
+        raise ValueError(f"temporal error needs videos of at least 2 frames, got {generated.shape[0]}")
+    dtype = generated.dtype if generated.dtype in (torch.float32, torch.float64) else torch.float32
+    g, r = generated.to(dtype), real.to(dtype)
+    d_g, d_r = g[1:] - g[:-1], r[1:] - r[:-1]  # (T-1, 3, H, W) each
+    return (d_g - d_r).abs().mean(dim=(1, 2, 3)), d_r.abs().mean(dim=(1, 2, 3))  # (T-1,), (T-1,)
+
+
+def temporal_error(generated: torch.Tensor, real: torch.Tensor) -> dict:
+    """How far a generated video's frame-to-frame change is from its real video's, [0, 1] scale.
+
+    generated, real: (T, 3, H, W) in [0, 1]. Returns mean (over the T - 1 steps), worst (the largest
+    step's error), worst_step (t of that step, the change from frame t to t + 1, 0-based) and
+    real_change (mean |d_r|: what a frozen output scores, the reference to read the mean against).
+    note: streaming.video_flicker is this quantity on lists of [-1, 1] frames; its worst frame is
+    worst_step + 1.
+    """
+    errors, real_change = _step_errors(generated, real)  # (T-1,) each
+    worst = int(errors.argmax())
+    return {"mean": float(errors.mean()), "worst": float(errors[worst]), "worst_step": worst,
+            "real_change": float(real_change.mean())}
+
+
+class TemporalScore:
+    """Accumulates temporal_error over videos, each weighted by its step count T - 1 (every step of
+    every video counts once), so long and short videos mix as one long sequence of steps would."""
+
+    def __init__(self):
+        self.error_sum, self.real_sum, self.steps, self.videos = 0.0, 0.0, 0, 0
+        self.worst = (-1.0, -1, -1)  # (error, video index, step) of the worst step seen
+
+    def add(self, generated: torch.Tensor, real: torch.Tensor) -> None:
+        """generated, real: one video pair (T, 3, H, W) in [0, 1]."""
+        errors, real_change = _step_errors(generated, real)  # (T-1,) each
+        step = int(errors.argmax())
+        if float(errors[step]) > self.worst[0]:
+            self.worst = (float(errors[step]), self.videos, step)
+        self.error_sum += float(errors.sum())
+        self.real_sum += float(real_change.sum())
+        self.steps += errors.shape[0]
+        self.videos += 1
+
+    def result(self) -> dict:
+        """mean, worst, worst_video, worst_step, real_change, videos, steps; {} before any video."""
+        if not self.steps:
+            return {}
+        return {"mean": self.error_sum / self.steps, "worst": self.worst[0], "worst_video": self.worst[1],
+                "worst_step": self.worst[2], "real_change": self.real_sum / self.steps,
+                "videos": self.videos, "steps": self.steps}
 
 
 # ----------------------------------------------------------------------------- Frechet distance

@@ -32,10 +32,12 @@ from PIL import Image
 
 import appearance
 import data
+import poses
 import pipeline
 from cli import progress
 from data import PairDataset, resize_for_eval
-from metrics import Metrics, feature_stats, frechet_distance_to_features, laplacian_variance, psnr, ssim
+from metrics import (Metrics, TemporalScore, feature_stats, frechet_distance_to_features, hand_ssim,
+                     laplacian_variance, psnr, ssim)
 from pipeline import Generator, Sampling
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -139,25 +141,46 @@ def _cache_real_features(metrics: Metrics, real: torch.Tensor, keys: list) -> No
 
 @torch.no_grad()
 def score_pairs(pairs, metrics: Metrics, size=(256, 176), batch_size=16, generated_image=None,
-                ref_stats=None, desc="scoring", keypoints=None) -> dict:
+                ref_stats=None, desc="scoring", keypoints=None, frame=data.FRAME, videos=None) -> dict:
     """Metrics dict of generated images scored against their ground truth.
 
     pairs: [(generated path or None, real path)]; generated_image (3, H, W) in [0, 1] replaces
     every generated file (the mean-image baseline). Real Inception features are cached by path.
-    keypoints: the targets' (18, 2) keypoints in data.FRAME, one per pair: adds the part colour
-    columns (appearance.py); None leaves them out.
+    keypoints: the targets' keypoints in `frame`, one per pair: adds the part colour columns
+    (appearance.py), and Hand SSIM for the 50 joints of a signer; None leaves them out.
+    videos: the video of each pair's target (frames in pair order): adds the temporal error.
     """
     n_batches = math.ceil(len(pairs) / batch_size)
     batches = progress(_batches(pairs, size, batch_size, generated_image), total=n_batches, desc=desc, leave=False)
-    return score_batches(batches, len(pairs), metrics, size, batch_size, keypoints, ref_stats,
-                         generated_image, [str(r) for _, r in pairs])
+    row = score_batches(batches, len(pairs), metrics, size, batch_size, keypoints, ref_stats,
+                        generated_image, [str(r) for _, r in pairs], frame)
+    if videos is not None:
+        row.update(score_temporal(pairs, videos, size, generated_image))
+    return row
+
+
+def score_temporal(pairs, videos, size, generated_image=None) -> dict:
+    """metrics.TemporalScore over the videos: each video's generated frames against its real ones, in
+    pair order. A frozen output (a copied first frame, one mean image) scores the real motion."""
+    score = TemporalScore()
+    for video in dict.fromkeys(videos):
+        chunk = [p for p, v in zip(pairs, videos) if v == video]
+        if len(chunk) < 2:
+            continue
+        real = torch.stack([load_image(r, size) for _, r in chunk])  # (T, 3, H, W)
+        gen = (generated_image.expand_as(real) if generated_image is not None
+               else torch.stack([load_image(g, size) for g, _ in chunk]))  # (T, 3, H, W)
+        score.add(gen, real)
+    result = score.result()
+    return {"temporal": result["mean"], "temporal_max": result["worst"],
+            "real_change": result["real_change"]} if result else {}
 
 
 def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keypoints=None, ref_stats=None,
-                  generated_image=None, real_keys=None) -> dict:
+                  generated_image=None, real_keys=None, frame=data.FRAME) -> dict:
     """The metrics of (generated (B, 3, H, W), real (B, 3, H, W), real keys) batches in [0, 1], in
     pair order (score_pairs reads them from files; the autoencoder ceiling makes them)."""
-    per_image = {"ssim": [], "psnr": [], "lpips": [], "sharp_gen": [], "sharp_real": []}
+    per_image = {"ssim": [], "psnr": [], "lpips": [], "sharp_gen": [], "sharp_real": [], "hand_ssim": []}
     gen_feats, colours, done = [], appearance.PartColourScore(), 0
     for gen, real, keys in batches:
         gen, real = gen.to(metrics.device), real.to(metrics.device)
@@ -166,8 +189,10 @@ def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keyp
         per_image["sharp_gen"].append(laplacian_variance(gen).cpu())
         per_image["sharp_real"].append(laplacian_variance(real).cpu())
         if keypoints is not None:
-            kp = [data.scale_keypoints(k, data.FRAME, size) for k in keypoints[done:done + len(gen)]]
+            kp = [poses.scale_keypoints(k, frame, size) for k in keypoints[done:done + len(gen)]]
             colours.add(appearance.part_colours(gen, kp), appearance.part_colours(real, kp))
+            if len(kp[0]) == len(poses.SIGN50.joint_names):  # a signer: the hands scored on their own
+                per_image["hand_ssim"].append(hand_ssim(gen, real, kp)[0].cpu())
         done += len(gen)
         if metrics.lpips is not None:
             per_image["lpips"].append(metrics.lpips(gen, real).cpu())
@@ -176,7 +201,7 @@ def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keyp
             if generated_image is None:
                 gen_feats.append(metrics.features(gen))
     row = {"n_images": n}
-    means = {k: float(torch.cat(v).double().mean()) for k, v in per_image.items() if v}
+    means = {k: float(torch.cat(v).double().mean()) for k, v in per_image.items() if v and torch.cat(v).numel()}
     row.update({k: v for k, v in means.items() if not k.startswith("sharp_")})
     row["sharpness"] = means["sharp_gen"] / max(means["sharp_real"], 1e-12)  # 1.0: as sharp as real
     row.update(colours.result())
@@ -254,15 +279,24 @@ def score_baselines(root, metrics: Metrics, split="test", size=(256, 176), batch
     if not names:
         raise ValueError(f"--baselines: split {split!r} of {root} has no pairs")
     paths = [(dataset.image_path(s), dataset.image_path(t)) for s, t in names]
-    target_kp = [dataset.keypoints[t] for _, t in names]
+    targets = {"keypoints": [dataset.keypoints[t] for _, t in names], "frame": dataset.frame,
+               "videos": videos_of(dataset, [t for _, t in names])}
     rows = {"baseline: copy source": score_pairs(paths, metrics, size, batch_size, ref_stats=ref_stats,
-                                                 desc="copy source", keypoints=target_kp)}
+                                                 desc="copy source", **targets)}
     mean_image, mean_lab, mean_rgb = training_means(root, size, mean_images)
     rows["baseline: mean train image"] = score_pairs(
         [(None, t) for _, t in paths], metrics, size, batch_size, generated_image=mean_image,
-        ref_stats=ref_stats, desc="mean image", keypoints=target_kp)
+        ref_stats=ref_stats, desc="mean image", **targets)
     rows.update(colour_baselines(dataset, names, size, batch_size, mean_lab, mean_rgb))
     return rows
+
+
+def videos_of(dataset: PairDataset, names) -> list | None:
+    """The video each named frame belongs to (phoenix layout), None for a dataset of photos."""
+    if not dataset.videos:
+        return None
+    video = {name: v for v, frames in dataset.videos.items() for name in frames}
+    return [video[n] for n in names]
 
 
 def _images_with_keypoints(dataset: PairDataset, names, size, batch_size: int):
@@ -270,7 +304,7 @@ def _images_with_keypoints(dataset: PairDataset, names, size, batch_size: int):
     for i in range(0, len(names), batch_size):
         chunk = names[i:i + batch_size]
         images = torch.stack([load_image(dataset.image_path(n), size) for n in chunk])  # (B, 3, H, W)
-        yield images, [data.scale_keypoints(dataset.keypoints[n], data.FRAME, size) for n in chunk]
+        yield images, [poses.scale_keypoints(dataset.keypoints[n], dataset.frame, size) for n in chunk]
 
 
 def colour_baselines(dataset: PairDataset, names, size, batch_size: int, mean_lab, mean_rgb) -> dict:
@@ -296,19 +330,32 @@ def score_ceiling(vae: nn.Module, dataset: PairDataset, names, metrics: Metrics,
     (up to luck), so every table shows how much of a gap is the VAE's."""
     targets = [t for _, t in names]
 
-    def batches():
+    def batches(chunks=None):
         for i in range(0, len(targets), batch_size):
             chunk = targets[i:i + batch_size]
             x = torch.stack([dataset.load_image(t) for t in chunk]).to(device)  # (B, 3, S, S) in [-1, 1]
             recon = vae.decode_latents(vae.encode_latents(x)).float().clamp(-1, 1)  # (B, 3, S, S)
             gen = resize_for_eval((recon.cpu() + 1) / 2, size)  # (B, 3, H, W) in [0, 1]
             real = torch.stack([load_image(dataset.image_path(t), size) for t in chunk])  # (B, 3, H, W)
+            if chunks is not None:  # kept for the temporal error, video by video
+                chunks.append((gen, real))
             yield gen, real, [str(dataset.image_path(t)) for t in chunk]
 
-    return score_batches(progress(batches(), total=math.ceil(len(targets) / batch_size), desc="ceiling",
-                                  leave=False), len(targets), metrics, size, batch_size,
-                         [dataset.keypoints[t] for t in targets],
-                         real_keys=[str(dataset.image_path(t)) for t in targets])
+    videos, kept = videos_of(dataset, targets), []
+    row = score_batches(progress(batches(kept if videos else None), total=math.ceil(len(targets) / batch_size),
+                                 desc="ceiling", leave=False), len(targets), metrics, size, batch_size,
+                        [dataset.keypoints[t] for t in targets],
+                        real_keys=[str(dataset.image_path(t)) for t in targets], frame=dataset.frame)
+    if videos:  # signers: the reconstructed video against the real one
+        gen, real = (torch.cat([c[k] for c in kept]) for k in (0, 1))  # (N, 3, H, W) each
+        score = TemporalScore()
+        for video in dict.fromkeys(videos):
+            index = [i for i, v in enumerate(videos) if v == video]
+            if len(index) > 1:
+                score.add(gen[index], real[index])
+        result = score.result()
+        row.update({"temporal": result["mean"], "temporal_max": result["worst"], "real_change": result["real_change"]})
+    return row
 
 
 CEILING_ROW = "ceiling: the VAE's own reconstruction"
@@ -336,7 +383,8 @@ def score_sensitivity(gen: Generator, dataset: PairDataset, sampling: Sampling, 
 TABLE_COLUMNS = [("n_images", "N", "{:d}"), ("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"),
                  ("sharpness", "sharpness", "{:.3f}"), ("part_dE", "part ΔE", "{:.2f}"),
                  ("torso_dE", "torso ΔE", "{:.2f}"), ("torso_corr", "torso r", "{:.2f}"),
-                 ("src_sens", "src sens", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"),
+                 ("src_sens", "src sens", "{:.3f}"), ("hand_ssim", "Hand SSIM", "{:.4f}"),
+                 ("temporal", "temporal", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"), ("fid", "FID", "{:.2f}"),
                  ("fid_ref", "FID-ref", "{:.2f}")]
 
 
@@ -350,6 +398,10 @@ QUALITY_FOOTER = (
     "regions (lower is better); torso r = correlation of the torso colour with the target's (1: follows the "
     "person); src sens = output change when the source is swapped over the sources' difference (0: the "
     "source is ignored)")
+SIGN_FOOTER = (
+    "sign language (videos only): Hand SSIM = SSIM on a 60/260-of-the-height square around each hand's "
+    "middle knuckle (higher is better); temporal = mean abs gap between the generated and the real "
+    "frame-to-frame change, 0-1 scale (lower is better; a frozen video scores the real change)")
 
 
 def print_table(rows: dict, columns=None, file=None, footer: str = QUALITY_FOOTER) -> None:
@@ -364,3 +416,5 @@ def print_table(rows: dict, columns=None, file=None, footer: str = QUALITY_FOOTE
         print("  ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]),
               file=file)
     print(footer, file=file)
+    if footer is QUALITY_FOOTER and any("hand_ssim" in row or "temporal" in row for row in rows.values()):
+        print(SIGN_FOOTER, file=file)
