@@ -49,6 +49,7 @@ from websockets.http11 import Response
 
 import cli
 import data
+import poses
 import pipeline
 import streaming
 from cli import option  # one dataclass field = one --flag
@@ -83,6 +84,7 @@ MODES = (
 )
 BUILTIN_FPS = 20.0  # the built-in test sequence: 4 test poses, 10 frames from each to the next
 BUILTIN_POSES, BUILTIN_BETWEEN = 4, 10
+SIGN_FPS = 25.0  # a signer benchmark's test sentence plays at its filmed rate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,11 +136,14 @@ def modes_for(gens: dict) -> list:
     return out
 
 
-def test_sources(gens: dict, count: int) -> list:
-    """The first `count` distinct test sources: name, photo, its pair's target pose (256x176 frame)."""
+def test_set(gens: dict) -> data.PairDataset:
+    """The test split of the dataset the (first) checkpoint was trained on: its frame and layout are the page's."""
     gen = next(iter(gens.values()))
-    root = gen.dataset_root()
-    dataset = data.PairDataset(root, "test", gen.image_size, verbose=False)
+    return data.PairDataset(gen.dataset_root(), "test", gen.image_size, verbose=False)
+
+
+def test_sources(dataset: data.PairDataset, count: int) -> list:
+    """The first `count` distinct test sources: name, photo, its pair's target pose (the dataset's frame)."""
     seen, out = set(), []
     for i, (source, target) in enumerate(dataset.pairs):
         if source in seen:
@@ -157,10 +162,15 @@ def _kind(path: Path) -> str:
     return "png" if path.suffix.lower() == ".png" else "jpeg"
 
 
-def builtin_sequence(sources: list) -> dict:
-    """A smooth loop through the first test targets' poses: what 'play the test sequence' plays."""
-    poses = [keypoints_from_json(s["pose"], "built-in") for s in sources[:BUILTIN_POSES]]
-    frames = streaming.interpolate_poses(poses, BUILTIN_BETWEEN)
+def builtin_sequence(sources: list, dataset: data.PairDataset) -> dict:
+    """What 'play the test sequence' plays: a signer dataset's first test video as filmed (25 frames/s), or a
+    smooth loop through the first test targets' poses."""
+    if dataset.videos:
+        video, names = next(iter(dataset.videos.items()))
+        return {"name": f"the test sentence {video}", "fps": SIGN_FPS,
+                "frames": [pose_json(dataset.keypoints[n]) for n in names]}
+    keyframes = [keypoints_from_json(s["pose"], "built-in", dataset.frame) for s in sources[:BUILTIN_POSES]]
+    frames = streaming.interpolate_poses(keyframes, BUILTIN_BETWEEN)
     return {"name": "the built-in test sequence", "fps": BUILTIN_FPS, "frames": [pose_json(f) for f in frames]}
 
 
@@ -169,28 +179,28 @@ def builtin_sequence(sources: list) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def pose_json(kp) -> list:
-    """(18, 2) (x, y), -1 missing -> [[x, y] or null] * 18 for the page."""
-    kp = np.asarray(kp, np.float32).reshape(streaming.JOINTS, 2)  # (18, 2)
-    return [None if m else [round(float(x), 1), round(float(y), 1)] for (x, y), m in zip(kp, data.is_missing(kp))]
+    """(K, 2) (x, y), -1 missing -> [[x, y] or null] * K for the page."""
+    kp = np.asarray(kp, np.float32).reshape(-1, 2)  # (K, 2)
+    return [None if m else [round(float(x), 1), round(float(y), 1)] for (x, y), m in zip(kp, poses.is_missing(kp))]
 
 
-def keypoints_from_json(joints, where: str) -> np.ndarray:
-    """The page's 18 joints ([x, y] numbers or null) -> (18, 2), clamped into the 256x176 frame.
+def keypoints_from_json(joints, where: str, frame=data.FRAME, count: int = streaming.JOINTS) -> np.ndarray:
+    """The page's `count` joints ([x, y] numbers or null) -> (count, 2), clamped into `frame` (H, W).
 
     note: a joint dragged past the frame's edge arrives with a negative or too large coordinate; it is
     put on the edge, not turned into a missing joint (negative means missing in the CSV convention)."""
-    ok = isinstance(joints, list) and len(joints) == streaming.JOINTS and all(
+    ok = isinstance(joints, list) and len(joints) == count and all(
         j is None or (isinstance(j, list) and len(j) == 2 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in j))
         for j in joints)
     if not ok:
-        raise ValueError(f"{where}: expected 18 joints, each [x, y] finite numbers or null")
+        raise ValueError(f"{where}: expected {count} joints, each [x, y] finite numbers or null")
     missing = np.array([j is None for j in joints])
     if missing.all():
         raise ValueError(f"{where}: every joint is missing; expected at least one")
-    kp = np.array([j or [0, 0] for j in joints], np.float64)  # (18, 2)
-    kp = streaming.clamp_keypoints(kp, data.FRAME)
-    kp[missing] = data.MISSING
+    kp = np.array([j or [0, 0] for j in joints], np.float64)  # (K, 2)
+    kp = streaming.clamp_keypoints(kp, frame)
+    kp[missing] = poses.MISSING
     return kp
 
 
@@ -272,7 +282,7 @@ class Session:
             await self.send({"type": "error", "message": str(e)})
 
     async def on_pose(self, msg):
-        self.request(msg.get("seq"), keypoints_from_json(msg.get("keypoints"), "pose"))
+        self.request(msg.get("seq"), self.server.keypoints(msg.get("keypoints"), "pose"))
 
     def request(self, seq, kp):
         """The newest pose replaces a pending one: a slow method drops frames, it never falls behind."""
@@ -307,7 +317,8 @@ class Session:
         else:
             name = f"upload {str(msg.get('name', ''))[:80]!r}"
             image = streaming.read_image(from_data_url(msg.get("upload"), name), name)
-            self.source = streaming.source_tensor(image, self.server.image_size, "cpu")  # (1, 3, H, W)
+            crop = self.server.frame == data.FRAME  # a square DeepFashion copy is cropped to its person
+            self.source = streaming.source_tensor(image, self.server.image_size, "cpu", crop)  # (1, 3, H, W)
         self.spec = self.make_spec()
         await self.send({"type": "ready", "message": f"source: {name}"})
         self.redraw()
@@ -317,7 +328,11 @@ class Session:
         text = msg.get("csv")
         if not isinstance(text, str):
             raise ValueError(f"{name}: expected the CSV's text")
-        sequence = streaming.parse_pose_csv(text, name, data.FRAME)
+        sequence = streaming.parse_pose_csv(text, name, self.server.frame)
+        joints = len(self.server.layout.joint_names)
+        if any(len(f) != joints for f in sequence.frames):
+            raise ValueError(f"{name}: this checkpoint draws the {joints} joints of {self.server.layout.name}; "
+                             f"expected rows of {2 * joints} numbers")
         await self.send({"type": "sequence", "name": name, "fps": sequence.fps,
                          "frames": [pose_json(f) for f in sequence.frames]})
 
@@ -343,7 +358,7 @@ class Session:
         wait = 1000 * (time.perf_counter() - arrived)  # behind another tab's frame, or a restart
         spec = self.spec  # note: read once; the event loop may replace it meanwhile
         if self.live_spec is not spec:
-            self.live = streaming.Live.start(spec.gen, spec.source, data.FRAME, spec.sampling,
+            self.live = streaming.Live.start(spec.gen, spec.source, self.server.frame, spec.sampling,
                                              self.server.cfg.precision, self.server.cfg.seed)
             self.live_spec = spec
         frame = self.live.frame(kp)
@@ -383,15 +398,23 @@ class Server:
         self.cfg, self.gens, self.device = cfg, gens, device
         self.image_size = next(iter(gens.values())).image_size
         self.modes = modes_for(gens)
-        self.sources = test_sources(gens, cfg.sources)
-        self.builtin = builtin_sequence(self.sources)
+        dataset = test_set(gens)
+        self.frame = dataset.frame  # (H, W) of the keypoints: DeepFashion's 256x176, or the signers' frames
+        self.layout = poses.layout_of(next(iter(dataset.keypoints.values())))  # COCO-18, or upper body + hands
+        self.sources = test_sources(dataset, cfg.sources)
+        self.builtin = builtin_sequence(self.sources, dataset)
         # one thread: torch already uses the cores it is given; two frames at once would only split them
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self.sessions, self.opened = {}, 0
 
+    def keypoints(self, joints, where: str) -> np.ndarray:
+        return keypoints_from_json(joints, where, self.frame, len(self.layout.joint_names))
+
     def hello(self) -> dict:
-        return {"type": "hello", "modes": self.modes, "builtin": self.builtin, "frame": list(data.FRAME),
-                "limbs": data.LIMBS, "colors": data.POSE_COLORS, "max_upload_mb": self.cfg.max_upload_mb,
+        layout = self.layout  # the page draws the skeleton as poses.render_pose does
+        return {"type": "hello", "modes": self.modes, "builtin": self.builtin, "frame": list(self.frame),
+                "limbs": layout.bones, "limb_colors": layout.bone_colors, "limb_widths": layout.bone_widths,
+                "joint_colors": layout.joint_colors, "max_upload_mb": self.cfg.max_upload_mb,
                 "sources": [{k: s[k] for k in ("name", "image", "pose")} for s in self.sources]}
 
     async def in_worker(self, fn, *args):
@@ -428,11 +451,11 @@ class Server:
 
     def warm_up(self):
         """One untimed frame per method before the first tab: allocation (and --compile) happen here."""
-        kp = keypoints_from_json(self.sources[0]["pose"], "warm-up")
+        kp = self.keypoints(self.sources[0]["pose"], "warm-up")
         for mode in self.modes:
             gen = self.gens[mode["method"]]
             sampling = pipeline.sampling_for(gen.process, mode["steps"], mode["sampler"])
-            live = streaming.Live.start(gen, self.sources[0]["tensor"].to(self.device), data.FRAME, sampling,
+            live = streaming.Live.start(gen, self.sources[0]["tensor"].to(self.device), self.frame, sampling,
                                         self.cfg.precision, self.cfg.seed)
             live.frame(kp)
             ms = live.frame(kp).ms
@@ -549,6 +572,9 @@ function receive(m) {
 
 function hello(m) {
   demo.cfg = m;
+  const [H, W] = m.frame;  // the canvas is the keypoints' frame, shown 256 px high
+  canvas.width = W; canvas.height = H; canvas.style.width = `${Math.round(256 * W / H)}px`;
+  for (const id of ["source", "generated"]) $(id).style.width = canvas.style.width;
   $("test").innerHTML = m.sources.map((s, i) => `<option value="${i}">${i}: ${s.name}</option>`).join("");
   $("mode").innerHTML = m.modes.map(x => `<option value="${x.id}">${x.label}</option>`).join("");
   $("source").src = m.sources[0].image;
@@ -588,16 +614,17 @@ $("builtin").onclick = () => play(demo.cfg.builtin.frames, demo.cfg.builtin.fps,
 $("speed").onclick = () => speedTest(100);
 
 function draw() {
-  const [H, W] = demo.cfg.frame, kp = demo.kp, hex = c => `rgb(${c[0]},${c[1]},${c[2]})`;
-  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H); ctx.lineWidth = 6;
-  demo.cfg.limbs.forEach(([a, b], i) => {
+  const c = demo.cfg, [H, W] = c.frame, kp = demo.kp, hex = c => `rgb(${c[0]},${c[1]},${c[2]})`;
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H);
+  c.limbs.forEach(([a, b], i) => {
     if (!kp[a] || !kp[b]) return;
-    ctx.strokeStyle = hex(demo.cfg.colors[i]); ctx.beginPath();
+    ctx.strokeStyle = hex(c.limb_colors[i]); ctx.lineWidth = Math.max(1, c.limb_widths[i] * H); ctx.beginPath();
     ctx.moveTo(kp[a][0], kp[a][1]); ctx.lineTo(kp[b][0], kp[b][1]); ctx.stroke();
   });
-  kp.forEach((p, j) => {
+  kp.forEach((p, j) => {  // a finger joint has no colour of its own: a small grey handle
     if (!p) return;
-    ctx.fillStyle = hex(demo.cfg.colors[j]); ctx.beginPath(); ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI); ctx.fill();
+    const colour = c.joint_colors[j], r = (colour ? 5 : 2) * H / 256;
+    ctx.fillStyle = colour ? hex(colour) : "#ccc"; ctx.beginPath(); ctx.arc(p[0], p[1], r, 0, 2 * Math.PI); ctx.fill();
   });
 }
 function sendPose() {
@@ -610,7 +637,7 @@ function at(e) {  // the mouse in the keypoints' frame, clamped onto it: a joint
   return [Math.min(W - 1, Math.max(0, x)), Math.min(H - 1, Math.max(0, y))];
 }
 canvas.onmousedown = e => {
-  const p = at(e); let best = -1, near = 15;
+  const p = at(e); let best = -1, near = 15 * demo.cfg.frame[0] / 256;
   demo.kp.forEach((q, i) => { if (q && Math.hypot(q[0] - p[0], q[1] - p[1]) < near) { near = Math.hypot(q[0] - p[0], q[1] - p[1]); best = i; } });
   demo.drag = best;
 };

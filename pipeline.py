@@ -46,7 +46,6 @@ import flow_matching
 import fusion
 import unet as unet_lib
 import vae as vae_lib
-from cli import parse_size
 from guidance import INDEPENDENT_DROP, JOINT_DROP
 
 CKPT_VERSION = 1
@@ -59,9 +58,11 @@ SAMPLE_RECORD = "samples.json"  # sample.py's note of what it wrote, inside its 
 # papers' sizes: 256x176 photos trained at 256x256 (CFLD, FPDM), 512x352 at 512x512 (PCDM), and
 # Stable Diffusion's VAE shape (downsample 8).
 MODEL_PRESETS = {
-    "tiny": dict(image_size=32, bench_size="64x44", unet="tiny", vae="tiny", fusion="tiny"),
-    "base256": dict(image_size=256, bench_size="256x176", unet="base", vae="sd", fusion="vit_l14"),
-    "base512": dict(image_size=512, bench_size="512x352", unet="base", vae="sd", fusion="vit_l14"),
+    "tiny": dict(image_size=32, bench_size="64x44", sign_size="128x104", unet="tiny", vae="tiny", fusion="tiny"),
+    "base256": dict(image_size=256, bench_size="256x176", sign_size="260x210", unet="base", vae="sd",
+                    fusion="vit_l14"),
+    "base512": dict(image_size=512, bench_size="512x352", sign_size="520x420", unet="base", vae="sd",
+                    fusion="vit_l14"),
 }
 
 # The training settings that shape the process, for checkpoints written before a setting existed:
@@ -283,8 +284,9 @@ class Generator:
     unet: nn.Module
     vae: nn.Module
     fusion: nn.Module | None
-    data_root: str = ""         # the dataset it was trained on ("" = the built-in benchmark)
+    data_root: str = ""         # the dataset it was trained on ("" = the built-in benchmark, "sign" the signers)
     bench_size: str = "64x44"   # that benchmark's photo size
+    sign_size: str = "128x104"  # the signer benchmark's frame size
     checkpoint: str = ""        # the file it came from ("" = random weights)
     step: int = 0               # the optimiser steps behind its weights (0 = random weights)
 
@@ -293,8 +295,8 @@ class Generator:
         return self.unet.config.image_size
 
     def dataset_root(self) -> str:
-        """The dataset it was trained on: its folder, or the built-in benchmark (drawn on first use)."""
-        return self.data_root or str(data.ensure_benchmark(size=parse_size(self.bench_size, "bench_size")))
+        """The dataset it was trained on: its folder, or a built-in benchmark (drawn on first use)."""
+        return str(data.dataset_root(self.data_root, self.bench_size, self.sign_size))
 
     def noise(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         c, h = self.unet.config.latent_channels, self.unet.config.latent_size
@@ -317,6 +319,7 @@ class Generator:
         return cls(ckpt["method"], make_process(ckpt["method"], settings),
                    *(frozen(m, device) if m is not None else None for m in (model, vae, fus)),
                    data_root=settings.get("data", ""), bench_size=settings.get("bench_size", "64x44"),
+                   sign_size=settings.get("sign_size", "128x104"),
                    checkpoint=str(path), step=ckpt["step"])
 
     @classmethod
@@ -335,7 +338,7 @@ class Generator:
         model = unet_lib.UNet(dataclasses.replace(ucfg, source_pretrained=False))
         return cls(method, make_process(method, PROCESS_SETTINGS),
                    *(frozen(m, device) if m is not None else None for m in (model, vae, fus)),
-                   bench_size=sizes["bench_size"])
+                   bench_size=sizes["bench_size"], sign_size=sizes["sign_size"])
 
 
 def enlarge(img: torch.Tensor, at_least: int = 128) -> torch.Tensor:
@@ -440,7 +443,8 @@ def photo_size(dataset: data.PairDataset) -> tuple[int, int]:
     """
     with Image.open(dataset.image_path(dataset.pairs[0][1])) as im:
         w, h = im.size
-    return (h, round(h * data.FRAME[1] / data.FRAME[0])) if w == h else (h, w)
+    padded = w == h and dataset.frame == data.FRAME  # a square DeepFashion copy
+    return (h, round(h * data.FRAME[1] / data.FRAME[0])) if padded else (h, w)
 
 
 def write_images(images, batch, out: Path, size) -> list[str]:

@@ -51,11 +51,13 @@ import torch
 
 import cli
 import data
+import metrics
 import pipeline
+import poses
 import streaming
 from cli import option  # one dataclass field = one --flag
 # the timed generation itself lives in pipeline.py, shared with the sweep and the demo
-from pipeline import (CountingModel, Generator, PhaseTimer, Sampling, device_name, generate, photo_size, sync,
+from pipeline import (Generator, PhaseTimer, Sampling, device_name, generate, photo_size, sync,
                       write_images)
 
 
@@ -92,6 +94,9 @@ class SampleConfig:
     benchmark: bool = option(False, "time random-init FPDM, RPFM and the reflow student at fixed "
                                     "settings, no checkpoint")
     repeats: int = option(5, "timed batches per row in --benchmark")
+    video: str = option("", "video mode: generate a test video of a sign dataset from its first frame ('first': "
+                            "the first; else its name), beside the ground truth; --ckpt may list several "
+                            "PATH[@STEPS], comma-separated")
     source: str = option("", "streaming: one source photo")
     poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
                             "(256x176 frame, -1 or empty missing; an optional '# fps=N' line)")
@@ -172,7 +177,7 @@ def sample_dataset(cfg: SampleConfig, device):
     dataset, size = open_pairs(gen, cfg)
     pairs = dataset.pairs[:cfg.limit] if cfg.limit else dataset.pairs
     subset = torch.utils.data.Subset(dataset, range(len(pairs)))
-    out = Path(cfg.out or Path(cfg.runs) / "samples" / gen.method)
+    out = Path(cfg.out or Path(cfg.runs) / "samples" / (gen.method + ("-sign" if gen.data_root == "sign" else "")))
     out.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, shuffle=False)
     warm_up(gen, next(iter(loader)), sampling, cfg, device)
@@ -328,22 +333,13 @@ def stream(cfg: SampleConfig, device):
     live = streaming.Live.start(gen, source, frame_hw, sampling, cfg.precision, cfg.seed)
     sync(device)
     encode_s = time.perf_counter() - t0  # the source tokens, once for the whole stream
-    for _ in range(cfg.warmup):
-        live.frame(sequence.frames[0])
-    counter = CountingModel(gen.unet, 1)
-    images, poses, latencies = [], [], []
-    for kp in cli.progress(sequence.frames, desc="[stream] frames"):
-        counter.rows = 0
-        frame = live.frame(kp, counter)
-        latencies.append(sum(frame.ms.values()) / 1000)
-        images.append(frame.image[0].cpu())  # (3, H, W) in [-1, 1]
-        poses.append(frame.pose[0, :3].cpu())  # (3, H, W) in [0, 1]
-    again = live.frame(sequence.frames[0]).image[0].cpu()  # (3, H, W): the repeated-pose check
-    change = streaming.repeat_change(images + [again], sequence.frames + sequence.frames[:1])
+    played = streaming.play(live, sequence.frames, cfg.warmup)
+    images, poses, latencies = played["images"], played["poses"], played["seconds"]
+    change = streaming.repeat_change(images + [played["again"]], sequence.frames + sequence.frames[:1])
     change["output_change"] = streaming.consecutive_change(images)
     fps = cfg.fps or sequence.fps or DEFAULT_GIF_FPS
     write_gif(images, poses, fps, cfg, gen)
-    report_stream(latencies, encode_s, counter.nfe, gen, sampling, device, change)
+    report_stream(latencies, encode_s, played["nfe"], gen, sampling, device, change)
 
 
 DEFAULT_GIF_FPS = 10.0  # without --fps and without a `# fps=N` line in the CSV
@@ -378,6 +374,110 @@ def report_stream(latencies, encode_s, nfe, gen, sampling: Sampling, device, cha
 
 
 # ----------------------------------------------------------------------------------------------
+# 4. A test video (sign language): a whole sequence from its first frame, beside the ground truth
+# ----------------------------------------------------------------------------------------------
+
+SIGN_FPS = 25.0  # PHOENIX-2014T and the DGS sentences are filmed at 25 frames per second
+
+
+def video_specs(cfg: SampleConfig) -> list[tuple[str, int]]:
+    """--ckpt PATH[@STEPS],... -> [(path, steps)]; no @STEPS: --steps (0: the process's default)."""
+    specs = []
+    for part in (cfg.ckpt or find_checkpoint(cfg)).split(","):
+        path, _, steps = part.strip().partition("@")
+        if steps and not (steps.isdigit() and int(steps) > 0):
+            raise ValueError(f"--ckpt {part.strip()!r}: expected PATH or PATH@STEPS, STEPS a whole number above 0")
+        specs.append((path, int(steps) if steps else cfg.steps))
+    return specs
+
+
+def pick_video(dataset, name: str) -> tuple[str, list]:
+    """(video name, its frame names in order) of a dataset of videos (the phoenix layout)."""
+    if not dataset.videos:
+        raise ValueError(f"--video needs a dataset of videos (the phoenix layout: train with --data sign, or "
+                         f"pass --data PHOENIX_ROOT); {dataset.root} holds photos")
+    name = next(iter(dataset.videos)) if name == "first" else name
+    if name not in dataset.videos:
+        raise ValueError(f"--video {name!r}: no such {dataset.split} video in {dataset.root} (e.g. "
+                         f"{', '.join(list(dataset.videos)[:3])})")
+    return name, dataset.videos[name]
+
+
+def real_video(dataset, names, size) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 1]: the ground-truth frames at the photos' size."""
+    return torch.stack([(data.resize_for_eval(dataset.load_image(n)[None], size)[0] + 1) / 2 for n in names])
+
+
+@torch.inference_mode()
+def play_video(path: str, steps: int, cfg: SampleConfig, device) -> dict:
+    """One checkpoint's video: batch 1, one frame per target pose, the first frame as the source."""
+    gen = Generator.from_checkpoint(path, cfg.ema, device)
+    sampling = sampling_from_flags(gen, dataclasses.replace(cfg, steps=steps))
+    maybe_compile(gen, cfg, device)
+    dataset = data.PairDataset(cfg.data or gen.dataset_root(), cfg.split, gen.image_size, verbose=False)
+    name, frames = pick_video(dataset, cfg.video)
+    frames = frames[:cfg.limit] if cfg.limit else frames
+    keyframes = [dataset.keypoints[n] for n in frames]  # (50, 2) each, in dataset.frame
+    live = streaming.Live.start(gen, dataset.load_image(frames[0])[None].to(device), dataset.frame, sampling,
+                                cfg.precision, cfg.seed)
+    label = f"{gen.method} {sampling.sampler} {sampling.steps}"
+    played = streaming.play(live, keyframes, cfg.warmup, desc=f"[video] {label}")
+    size = photo_size(dataset)
+    fake = (data.resize_for_eval(torch.stack(played["images"]), size) + 1) / 2  # (T, 3, H, W) in [0, 1]
+    real = real_video(dataset, frames, size)  # (T, 3, H, W)
+    hand_kp = [poses.scale_keypoints(k, dataset.frame, size) for k in keyframes]
+    hands = metrics.hand_ssim(fake, real, hand_kp)[0]
+    ms = 1000 * np.asarray(played["seconds"])
+    row = {"label": label, "method": gen.method, "checkpoint": path, **dataclasses.asdict(sampling), "video": name,
+           "frames": len(frames), "ms_per_frame": float(ms.mean()), "frames_per_s": float(1000 / ms.mean()),
+           "nfe": played["nfe"], "ssim": float(metrics.ssim(fake, real).mean()),
+           "hand_ssim": float(hands.mean()) if len(hands) else None, "hand_crops": len(hands),
+           **metrics.temporal_error(fake, real), "device": device_name(device)}
+    row["repeat_change"] = streaming.repeat_change([played["images"][0], played["again"]],
+                                                   keyframes[:1] * 2)["repeat_change"]
+    return {"row": row, "video": fake, "real": real, "poses": played["poses"], "size": size}
+
+
+def video(cfg: SampleConfig, device):
+    """Every --ckpt on one test video; a GIF and a PNG strip side by side with the ground truth."""
+    runs = [play_video(path, steps, cfg, device) for path, steps in video_specs(cfg)]
+    rows = [r["row"] for r in runs]
+    out = Path(cfg.out or Path(cfg.runs) / "samples" / f"video_{rows[0]['video']}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_video(runs, out, cfg.fps or SIGN_FPS)
+    print(f"[video] {rows[0]['video']}: {rows[0]['frames']} frames at batch 1 (pose drawing, sampling loop and VAE "
+          f"decoding per frame), scored against the real video at {runs[0]['size'][0]}x{runs[0]['size'][1]}")
+    print(f"{'':24s} | ms/frame | frames/s | NFE |   SSIM | Hand SSIM | temporal (worst) | repeat | device")
+    for r in rows:
+        hand = "-" if r["hand_ssim"] is None else f"{r['hand_ssim']:.4f}"
+        print(f"{r['label']:24s} | {r['ms_per_frame']:8.1f} | {r['frames_per_s']:8.2f} | {r['nfe']:3.0f} | "
+              f"{r['ssim']:.4f} | {hand:>9s} | {r['mean']:.4f} ({r['worst']:.4f}) | {r['repeat_change']:.4f} | "
+              f"{r['device']}")
+    print(f"temporal: mean abs gap between the generated and the real frame-to-frame change (0-1 scale); a frozen "
+          f"video scores {rows[0]['real_change']:.4f} here. repeat: output change when the first pose is drawn again "
+          f"(0 with one fixed noise)")
+    (out / "video.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        print(json.dumps(r))
+
+
+def write_video(runs: list, out: Path, fps: float):
+    """video.gif (pose | ground truth | each method, labelled) and video.png (every 10th frame, one a row)."""
+    labels = ["pose", "ground truth"] + [r["row"]["label"] for r in runs]
+    size = runs[0]["size"]
+    poses_ = [data.resize_for_eval(p[None], size)[0] for p in runs[0]["poses"]]  # (3, H, W) in [0, 1]
+    columns = [poses_, list(runs[0]["real"])] + [list(r["video"]) for r in runs]
+    frames = [data.grid_image([[c[t] for c in columns]], labels, value_range=(0.0, 1.0))
+              for t in range(len(columns[0]))]
+    frames[0].save(out / "video.gif", save_all=True, append_images=frames[1:], duration=max(1, round(1000 / fps)),
+                   loop=0)
+    rows = [[c[t] for c in columns] for t in range(0, len(columns[0]), 10)]
+    data.save_grid(rows, out / "video.png", labels=labels, value_range=(0.0, 1.0))
+    print(f"[video] wrote {out / 'video.gif'} ({len(frames)} frames at {fps:g} frames/s: {' | '.join(labels)}) "
+          f"and {out / 'video.png'} (every 10th frame, one a row)")
+
+
+# ----------------------------------------------------------------------------------------------
 
 def parse_config(argv=None) -> SampleConfig:
     cfg, given = cli.parse_config(SampleConfig, argv, __doc__.splitlines()[0])
@@ -400,6 +500,8 @@ def run(cfg: SampleConfig):
         torch.set_num_threads(cfg.threads)
     if cfg.benchmark:
         benchmark(cfg, device)
+    elif cfg.video:
+        video(cfg, device)
     elif cfg.poses:
         stream(cfg, device)
     else:

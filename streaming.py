@@ -17,11 +17,12 @@ Flicker is measured so that it can fail (a frozen output must not score well):
     from the real one, |(g[t+1] - g[t]) - (r[t+1] - r[t])|; a frozen output scores the real motion,
     a shimmering one its shimmer, the true video 0. Both report their worst frame.
 
-Pose sequences are CSV files, one frame a row of 36 numbers x0,y0,...,x17,y17 (OpenPose COCO-18, -1 or
-an empty / NaN cell for a missing joint), optionally a header line and a `# fps=25` line. A row without
+Pose sequences are CSV files, one frame a row of 36 numbers x0,y0,...,x17,y17 (OpenPose COCO-18; or 100
+numbers, the 50 joints of the upper body and hands of poses.SIGN50; -1 or an empty / NaN cell for a missing
+joint), optionally a header line and a `# fps=25` line. A row without
 any joint inside its frame is an error naming the row, not a blank frame.
 
-A library file (imports data and pipeline only), used by `python sample.py --source IMG --poses CSV`
+A library file (imports cli, data, metrics, poses and pipeline only), used by `python sample.py --source IMG --poses CSV`
 and `python demo.py`; tests: python -m pytest -q tests/test_sample.py tests/test_demo.py
 
 Papers: RPFM (Jeong et al., arXiv 2505.03562) for the live use; flow matching (Lipman et al.,
@@ -40,11 +41,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+import cli
 import data
+import metrics
+import poses
 import pipeline
 from pipeline import Generator, Sampling
 
-JOINTS = len(data.KEYPOINT_NAMES)  # 18, OpenPose COCO-18
+JOINTS = len(poses.KEYPOINT_NAMES)  # 18, OpenPose COCO-18
+SIGN_JOINTS = len(poses.SIGN50.joint_names)  # 50, upper body and both hands
 # A joint this far outside its frame (a fraction of the frame's size) is a wrong row, not a person
 # half out of the picture: rows with no joint inside are rejected, joints beyond the margin dropped.
 OUTSIDE_MARGIN = 0.5
@@ -58,7 +63,7 @@ MAX_FPS = 100.0  # GIF frame durations are whole milliseconds and browsers slow 
 
 @dataclass
 class PoseSequence:
-    frames: list            # (18, 2) float32 (x, y) in `frame_hw`, -1 missing
+    frames: list            # (K, 2) float32 (K = 18, or 50 with hands) (x, y) in `frame_hw`, -1 missing
     fps: float | None       # from a `# fps=N` line, None if the file has none
 
 
@@ -99,22 +104,24 @@ def parse_pose_csv(text: str, name: str, frame_hw=data.FRAME) -> PoseSequence:
             continue  # a header of names
         frames.append(parse_pose_row(cells, f"{name} row {row_no}", frame_hw))
     if not frames:
-        raise ValueError(f"{name}: no pose rows found (expected rows of 36 numbers x0,y0,...,x17,y17)")
+        raise ValueError(f"{name}: no pose rows found (expected rows of 36 numbers x0,y0,...,x17,y17; or 100 with hands)")
     return PoseSequence(frames, fps)
 
 
 def parse_pose_row(cells: list, where: str, frame_hw) -> np.ndarray:
-    """36 cells -> (18, 2) (x, y); empty, NaN and negative cells are missing joints."""
-    if len(cells) != 2 * JOINTS or not all(c == "" or _is_number(c) for c in cells):
-        raise ValueError(f"{where}: expected 36 numbers (x, y of the 18 OpenPose joints), got "
-                         f"{len(cells)} values{'' if len(cells) != 2 * JOINTS else ', some not numbers'}")
-    kp = np.array([float(c) if c else math.nan for c in cells], np.float64).reshape(JOINTS, 2)  # (18, 2)
+    """36 (or 100) cells -> (18, 2) (or (50, 2)) (x, y); empty, NaN and negative cells are missing joints."""
+    sizes = (2 * JOINTS, 2 * SIGN_JOINTS)
+    if len(cells) not in sizes or not all(c == "" or _is_number(c) for c in cells):
+        raise ValueError(f"{where}: expected 36 numbers (x, y of the 18 OpenPose joints) or 100 (the 50 joints "
+                         f"of the upper body and hands), got {len(cells)} values"
+                         f"{'' if len(cells) not in sizes else ', some not numbers'}")
+    kp = np.array([float(c) if c else math.nan for c in cells], np.float64).reshape(-1, 2)  # (K, 2)
     return checked_keypoints(kp, where, frame_hw)
 
 
 def checked_keypoints(kp: np.ndarray, where: str, frame_hw) -> np.ndarray:
     """NaN / inf / negative -> missing; far outside the frame -> missing; none left -> ValueError."""
-    kp = np.asarray(kp, np.float64).reshape(JOINTS, 2)  # (18, 2)
+    kp = np.asarray(kp, np.float64).reshape(-1, 2)  # (K, 2)
     h, w = frame_hw
     bad = ~np.isfinite(kp).all(1) | (kp < 0).any(1)
     far = (kp[:, 0] > w * (1 + OUTSIDE_MARGIN)) | (kp[:, 1] > h * (1 + OUTSIDE_MARGIN))
@@ -123,15 +130,15 @@ def checked_keypoints(kp: np.ndarray, where: str, frame_hw) -> np.ndarray:
         raise ValueError(f"{where}: no joint inside the {h}x{w} frame (all missing, NaN or outside); "
                          f"expected x in 0..{w - 1}, y in 0..{h - 1}")
     out = clamp_keypoints(np.where(bad[:, None], 0, kp), frame_hw)  # a little outside: onto the edge
-    out[bad | far] = data.MISSING
+    out[bad | far] = poses.MISSING
     return out.astype(np.float32)
 
 
 def clamp_keypoints(kp, frame_hw) -> np.ndarray:
-    """(18, 2) joints moved onto the frame's nearest edge (a joint dragged outside it stays visible)."""
+    """(K, 2) joints moved onto the frame's nearest edge (a joint dragged outside it stays visible)."""
     h, w = frame_hw
-    kp = np.asarray(kp, np.float64).reshape(JOINTS, 2)  # (18, 2)
-    return np.stack([kp[:, 0].clip(0, w - 1), kp[:, 1].clip(0, h - 1)], 1).astype(np.float32)  # (18, 2)
+    kp = np.asarray(kp, np.float64).reshape(-1, 2)  # (K, 2)
+    return np.stack([kp[:, 0].clip(0, w - 1), kp[:, 1].clip(0, h - 1)], 1).astype(np.float32)  # (K, 2)
 
 
 def _is_number(text: str) -> bool:
@@ -142,29 +149,29 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def interpolate_poses(poses: list, between: int) -> list:
+def interpolate_poses(keyframes: list, between: int) -> list:
     """A smooth loop through `poses`: `between` frames from each to the next, back to the first.
     A joint missing at either end of a step stays missing during it."""
     frames = []
-    for a, b in zip(poses, poses[1:] + poses[:1]):
-        gone = data.is_missing(a) | data.is_missing(b)
+    for a, b in zip(keyframes, keyframes[1:] + keyframes[:1]):
+        gone = poses.is_missing(a) | poses.is_missing(b)
         for i in range(between):
-            kp = (a + (b - a) * (i / between)).astype(np.float32)  # (18, 2)
-            kp[gone] = data.MISSING
+            kp = (a + (b - a) * (i / between)).astype(np.float32)  # (K, 2)
+            kp[gone] = poses.MISSING
             frames.append(kp)
     return frames
 
 
 def pose_tensor(kp, size: int, frame_hw, device) -> torch.Tensor:
-    pose = data.render_pose(kp, size, size, frame=frame_hw)  # (H, W, 3) uint8
+    pose = poses.render_pose(kp, size, size, frame=frame_hw)  # (H, W, 3) uint8
     return torch.from_numpy(pose).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)  # (1, 3, H, W)
 
 
-def source_tensor(img: Image.Image, size: int, device) -> torch.Tensor:
+def source_tensor(img: Image.Image, size: int, device, crop: bool = True) -> torch.Tensor:
     """A photo as the model saw its sources in training (data.PairDataset.load_image): a padded square
-    copy cropped to the 176/256 person, stretched to size x size, in [-1, 1]."""
+    DeepFashion copy cropped to the 176/256 person (`crop`), stretched to size x size, in [-1, 1]."""
     img = img.convert("RGB")
-    if img.width == img.height:
+    if crop and img.width == img.height:
         keep = round(img.width * data.FRAME[1] / data.FRAME[0])
         img = img.crop(((img.width - keep) // 2, 0, (img.width - keep) // 2 + keep, img.height))
     img = img.resize((size, size), Image.BILINEAR)
@@ -218,7 +225,7 @@ class Live:
 
     @torch.inference_mode()
     def frame(self, keypoints, model=None) -> Frame:
-        """One frame for (18, 2) keypoints in `frame_hw`; `model` wraps the UNet (e.g. to count NFE)."""
+        """One frame for (K, 2) keypoints in `frame_hw`; `model` wraps the UNet (e.g. to count NFE)."""
         gen, device = self.gen, self.source.device
         timer = pipeline.PhaseTimer(device)  # CUDA synchronised before every clock read
         with timer("pose"):
@@ -235,6 +242,25 @@ class Live:
         return Frame(image, pose, {k: 1000 * v for k, v in timer.seconds.items()})
 
 
+@torch.inference_mode()
+def play(live: Live, keyframes: list, warmup: int = 2, desc: str = "[stream] frames") -> dict:
+    """One timed frame per pose, in order, at batch 1: images (3, H, W) in [-1, 1], pose maps (3, H, W)
+    in [0, 1], seconds per frame (pose drawing, sampling loop, VAE decoding), the NFE per frame, and
+    the first pose drawn once more after the stream (with one fixed noise its frame must come back)."""
+    for _ in range(warmup):  # untimed: the first calls allocate and (with --compile) compile
+        live.frame(keyframes[0])
+    counter = pipeline.CountingModel(live.gen.unet, 1)
+    images, pose_maps, seconds = [], [], []
+    for kp in cli.progress(keyframes, desc=desc):
+        counter.rows = 0
+        frame = live.frame(kp, counter)
+        seconds.append(sum(frame.ms.values()) / 1000)
+        images.append(frame.image[0].cpu())  # (3, H, W)
+        pose_maps.append(frame.pose[0, :3].cpu())  # (3, H, W)
+    again = live.frame(keyframes[0]).image[0].cpu()  # (3, H, W)
+    return {"images": images, "poses": pose_maps, "seconds": seconds, "nfe": counter.nfe, "again": again}
+
+
 # ----------------------------------------------------------------------------------------------
 # Flicker: measures that a frozen or shimmering output fails
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +272,7 @@ def _mean_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 def repeat_change(images: list, keypoints: list) -> dict:
     """Output change (mean abs, images on a [0, 1] scale) between each frame and the first earlier frame
     of the same pose: 0 with one fixed noise; anything else is flicker no pose explains.
-    images: (3, H, W) in [-1, 1]; keypoints: (18, 2), one per image."""
+    images: (3, H, W) in [-1, 1]; keypoints: (K, 2), one per image."""
     first, changes = {}, []
     for i, kp in enumerate(keypoints):
         key = np.asarray(kp, np.float32).tobytes()
@@ -263,16 +289,16 @@ def repeat_change(images: list, keypoints: list) -> dict:
 
 def video_flicker(generated: list, real: list) -> dict:
     """How far the generated frame-to-frame change is from the real video's, mean abs on a [0, 1] scale:
-    mean over t of |(g[t+1] - g[t]) - (r[t+1] - r[t])|. The true video scores 0; a frozen output scores
-    the real motion, a shimmering one its shimmer. Frames: (3, H, W) in [-1, 1], the same count."""
+    metrics.temporal_error, mean over t of |(g[t+1] - g[t]) - (r[t+1] - r[t])|. The true video scores 0;
+    a frozen output scores the real motion, a shimmering one its shimmer. Frames: (3, H, W) in [-1, 1]."""
     if len(generated) != len(real) or len(real) < 2:
         raise ValueError(f"video_flicker: expected two lists of the same length >= 2, got "
                          f"{len(generated)} generated and {len(real)} real frames")
-    gaps = [(((g1 - g0) - (r1 - r0)).float().abs().mean().item() / 2)  # /2: [-1, 1] -> [0, 1]
-            for g0, g1, r0, r1 in zip(generated, generated[1:], real, real[1:])]
-    worst = int(np.argmax(gaps))
-    return {"flicker_vs_real": float(np.mean(gaps)), "flicker_vs_real_max": gaps[worst],
-            "flicker_worst_frame": worst + 1}  # the frame whose change from the previous is worst
+    to01 = [(torch.stack(frames).float() + 1) / 2 for frames in (generated, real)]  # (T, 3, H, W) each
+    err = metrics.temporal_error(to01[0].clamp(0, 1), to01[1].clamp(0, 1))
+    return {"flicker_vs_real": err["mean"], "flicker_vs_real_max": err["worst"],
+            "flicker_worst_frame": err["worst_step"] + 1,  # the frame whose change from the previous is worst
+            "real_change": err["real_change"]}
 
 
 def consecutive_change(images: list) -> float:

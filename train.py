@@ -89,10 +89,13 @@ class TrainConfig:
     method: str = option("rpfm", "what to train; fpdm/rpfm train the VAE (and fusion) first, reflow "
                                  "the VAE and its RPFM teacher", choices=METHODS)
     preset: str = option("tiny", "named size: tiny (CPU), base256 / base512 (one GPU)")
-    data: str = option("", "dataset root in any DeepFashion layout; empty: the built-in benchmark")
-    out: str = option("", "output folder for checkpoints and grids; empty: runs/<preset>")
+    data: str = option("", "dataset root in any DeepFashion or PHOENIX layout; empty: the built-in benchmark; "
+                           "'sign': the built-in signer benchmark")
+    out: str = option("", "output folder for checkpoints and grids; empty: runs/<preset> (runs/<preset>-sign "
+                          "with --data sign)")
     image_size: int = option(32, "square training resolution (photos are stretched, as CFLD does)")
     bench_size: str = option("64x44", "HxW of the synthesised benchmark photos")
+    sign_size: str = option("128x104", "HxW of the synthesised signer benchmark's frames (--data sign)")
     unet: str = option("tiny", "UNet size (unet.PRESETS)", choices=tuple(unet_lib.PRESETS))
     vae: str = option("tiny", "VAE size (vae.VAE_PRESETS)", choices=tuple(vae_lib.VAE_PRESETS))
     fusion: str = option("tiny", "fusion encoder (fusion.FUSION_PRESETS)",
@@ -187,8 +190,8 @@ def parse_config(argv=None) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = dataclasses.replace(TrainConfig(), **PRESETS[given.get("preset", "tiny")])
     cfg = dataclasses.replace(cfg, **given)
-    if not cfg.out:
-        cfg.out = str(Path("runs") / cfg.preset)
+    if not cfg.out:  # the signer benchmark's models apart from the DeepFashion ones
+        cfg.out = str(Path("runs") / (cfg.preset + ("-sign" if cfg.data == "sign" else "")))
     if cfg.fusion_loss == "both" and cfg.method != "fusion":
         raise ValueError("--fusion-loss both trains and compares the two stage-1 losses: it needs "
                          "--method fusion (FPDM is trained with one of them)")
@@ -196,16 +199,13 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 def open_dataset(cfg: TrainConfig, split: str, dist: Dist) -> data.PairDataset:
-    """The user's folder, or the built-in benchmark (synthesised once, by rank 0)."""
-    if cfg.data:
-        root = Path(cfg.data)
-    else:
-        size = cli.parse_size(cfg.bench_size, "--bench-size")
-        if not dist.main:
-            torch_dist.barrier()  # wait until rank 0 has drawn it (on first use)
-        root = data.ensure_benchmark(size=size)  # drawn once; later calls just return the path
-        if dist.main and dist.world > 1:
-            torch_dist.barrier()  # release the other ranks
+    """The user's folder, or a built-in benchmark (drawn once, by rank 0)."""
+    builtin = cfg.data in ("", "sign")
+    if builtin and not dist.main:
+        torch_dist.barrier()  # wait until rank 0 has drawn it (on first use)
+    root = data.dataset_root(cfg.data, cfg.bench_size, cfg.sign_size)  # drawn once; later calls return the path
+    if builtin and dist.main and dist.world > 1:
+        torch_dist.barrier()  # release the other ranks
     return data.PairDataset(root, split, cfg.image_size, heatmaps=cfg.heatmaps, verbose=dist.main)
 
 

@@ -42,3 +42,24 @@ def ckpts(tiny_root, tmp_path_factory) -> Path:
         train.run(train.parse_config(["--method", method, "--data", str(tiny_root), "--out", str(out),
                                       *TRAIN_FAST]))
     return out
+
+
+@pytest.fixture(scope="session")
+def sign_root(tmp_path_factory) -> Path:
+    """A 64x52 signer benchmark in the phoenix layout: one training sequence in two looks (four
+    frames each), one whole test video, drawn from the real signing poses of assets/sign/."""
+    import sign_data
+
+    root = tmp_path_factory.mktemp("sign") / "signers"
+    sign_data.synthesize_sign(root, size=(64, 52), looks=2, frames_per_look=3, max_sequences=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sign_ckpt(sign_root, tmp_path_factory) -> Path:
+    """A tiny rpfm.pt trained on the signer benchmark (plumbing only: two steps per stage)."""
+    import train
+
+    out = tmp_path_factory.mktemp("sign_ckpt")
+    train.run(train.parse_config(["--method", "rpfm", "--data", str(sign_root), "--out", str(out), *TRAIN_FAST]))
+    return out / "rpfm.pt"

@@ -327,6 +327,32 @@ def test_one_noise_per_session_same_pose_same_frame(server):
     assert {"pose", "network", "decode", "encode", "wait"} <= set(frames[0]["ms"])
 
 
+def test_a_signer_checkpoint_serves_hands_and_its_test_sentence(sign_ckpt, sign_root):
+    import data
+    import poses
+
+    s = DemoServer(["--ckpt", str(sign_ckpt), "--threads", "1", "--sources", "4"])
+    try:
+        c = Client(s)
+        hello, test = c.hello, data.PairDataset(sign_root, "test", 32, verbose=False)
+        (video, frames), = test.videos.items()
+        assert hello["frame"] == list(test.frame) and len(hello["limbs"]) == len(poses.SIGN50.bones)
+        assert hello["builtin"]["fps"] == 25 and len(hello["builtin"]["frames"]) == len(frames)
+        assert video in hello["builtin"]["name"]
+        kp = hello["sources"][0]["pose"]
+        assert len(kp) == 50
+        c.pose(1, kp)
+        assert c.expect("frame")["seq"] == 1
+        c.send({"type": "sequence", "name": "coco.csv", "csv": ",".join(["20"] * 36) + "\n"})
+        error = c.expect("error")
+        assert "50 joints" in error["message"] and "coco.csv" in error["message"]
+        c.pose(2, kp[:18])  # a COCO-sized pose for a signer model: a message, and the server goes on
+        assert "expected 50 joints" in c.expect("error")["message"]
+        assert s.proc.poll() is None
+    finally:
+        s.stop()
+
+
 # ----------------------------------------------------------------------------------------------
 # In headless Chromium: drag a joint, play a sequence, bad files, a reload, two tabs
 # ----------------------------------------------------------------------------------------------
