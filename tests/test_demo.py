@@ -154,9 +154,11 @@ class Page:
             time.sleep(0.05)
 
     def page_xy(self, frame_xy) -> tuple:
-        """A point of the 256x176 keypoint frame -> page pixels on the pose canvas."""
+        """A point of the keypoint frame (the page's demo.cfg.frame, 256x176 for DeepFashion) -> page
+        pixels on the pose canvas."""
         r = self.js("(r => [r.left, r.top, r.width, r.height])(document.getElementById('pose').getBoundingClientRect())")
-        return r[0] + frame_xy[0] * r[2] / 176, r[1] + frame_xy[1] * r[3] / 256
+        h, w = self.js("demo.cfg.frame")
+        return r[0] + frame_xy[0] * r[2] / w, r[1] + frame_xy[1] * r[3] / h
 
     def drag(self, joint: int, to_frame_xy, steps: int = 6):
         """Press on the joint, move in `steps`, release: the mouse events a person makes."""
@@ -339,6 +341,7 @@ def test_a_signer_checkpoint_serves_hands_and_its_test_sentence(sign_ckpt, sign_
         assert hello["frame"] == list(test.frame) and len(hello["limbs"]) == len(poses.SIGN50.bones)
         assert hello["builtin"]["fps"] == 25 and len(hello["builtin"]["frames"]) == len(frames)
         assert video in hello["builtin"]["name"]
+        assert sorted(hello["hands"]) == ["4", "7"] and hello["hands"]["4"] == list(range(29, 50))  # wrist -> hand
         kp = hello["sources"][0]["pose"]
         assert len(kp) == 50
         c.pose(1, kp)
@@ -460,8 +463,10 @@ def script(argv=None):
     parser.add_argument("--ckpt", required=True, help="demo.py's --ckpt: comma-separated checkpoints")
     parser.add_argument("--screenshot", default="", help="write a screenshot of the page here")
     parser.add_argument("--frames", type=int, default=200, help="frames per speed test (FPDM: a tenth; 0: none)")
+    parser.add_argument("--compile", action="store_true", help="demo.py --compile (on the CPU: minutes of warm-up)")
     args = parser.parse_args(argv)
-    server = DemoServer(["--ckpt", args.ckpt, "--log-seconds", "1"])
+    server = DemoServer(["--ckpt", args.ckpt, "--log-seconds", "1", *(["--compile"] if args.compile else [])],
+                        timeout=900 if args.compile else 180)
     browser = Chromium(find_chromium())
     try:
         page = browser.open(server.url)
