@@ -589,7 +589,8 @@ TASKS = ("synthesize", "synthesize_sign", "check", "preview", "bench")  # exactl
 
 def parse_command(argv=None) -> DataCommand:
     """The flags, with exactly one task among them (else a one-line error)."""
-    cfg, given = parse_config(DataCommand, argv, "DeepFashion pairs, pose maps and the built-in benchmarks.")
+    about = "Pairs of DeepFashion or PHOENIX copies, pose maps, the built-in benchmarks."
+    cfg, given = parse_config(DataCommand, argv, about)
     tasks = ["--" + t.replace("_", "-") for t in TASKS if t in given]
     if len(tasks) != 1:
         usage_error(f"give exactly one of --synthesize --synthesize-sign --check --preview --bench, got {len(tasks)}"
