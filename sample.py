@@ -31,6 +31,7 @@ Run:
   python sample.py --ckpt runs/tiny/rpfm.pt --limit 64 --steps 4
   python sample.py --benchmark --preset tiny                 # FPDM vs RPFM speed, random weights
   python sample.py --ckpt runs/tiny/reflow.pt --source IMG --poses poses.csv   # streaming -> GIF
+  python sample.py --video first          # a signers' test sentence (runs/tiny-sign/) beside the truth -> GIF
 
 Papers: FPDM (Lee et al., arXiv 2412.07333), RPFM (Jeong et al., arXiv 2505.03562), flow
 matching (Lipman et al., arXiv 2210.02747), DDIM (Song et al., arXiv 2010.02502).
@@ -148,8 +149,9 @@ def find_checkpoint(cfg: SampleConfig) -> str:
     folder = Path(cfg.runs) / cfg.preset
     path = pipeline.newest_checkpoint(folder)
     if path is None:
+        sign = " --data sign" if folder.name.endswith("-sign") else ""
         raise FileNotFoundError(f"no fpdm.pt, rpfm.pt or reflow.pt in {folder}/: run `python train.py --method "
-                                f"rpfm` first (or `python sample.py --benchmark`, which needs none)")
+                                f"rpfm{sign}` first (or `python sample.py --benchmark`, which needs none)")
     print(f"sample.py: using {path}, the newest finished checkpoint in {folder}/ (--ckpt picks another)")
     return str(path)
 
@@ -381,9 +383,12 @@ SIGN_FPS = 25.0  # PHOENIX-2014T and the DGS sentences are filmed at 25 frames p
 
 
 def video_specs(cfg: SampleConfig) -> list[tuple[str, int]]:
-    """--ckpt PATH[@STEPS],... -> [(path, steps)]; no @STEPS: --steps (0: the process's default)."""
+    """--ckpt PATH[@STEPS],... -> [(path, steps)]; no @STEPS: --steps (0: the process's default).
+    Without --ckpt: the newest finished checkpoint of `train.py --data sign`, in <runs>/<preset>-sign/."""
+    if not cfg.ckpt:
+        cfg = dataclasses.replace(cfg, ckpt=find_checkpoint(dataclasses.replace(cfg, preset=cfg.preset + "-sign")))
     specs = []
-    for part in (cfg.ckpt or find_checkpoint(cfg)).split(","):
+    for part in cfg.ckpt.split(","):
         path, _, steps = part.strip().partition("@")
         if steps and not (steps.isdigit() and int(steps) > 0):
             raise ValueError(f"--ckpt {part.strip()!r}: expected PATH or PATH@STEPS, STEPS a whole number above 0")

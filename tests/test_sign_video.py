@@ -81,3 +81,17 @@ def test_sign_samples_are_scored_with_hands_and_time(sign_ckpt, sign_root, tmp_p
     assert copy["temporal"] == pytest.approx(copy["real_change"])  # a copied first frame is frozen
     ceiling = result["rows"][evaluate.CEILING_ROW]
     assert "part_dE" in model and ceiling["hand_ssim"] > 0 and ceiling["temporal"] >= 0
+
+
+def test_video_mode_without_ckpt_takes_the_sign_run(sign_ckpt, sign_root, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        sample.main(["--video", "first"])
+    assert "runs/tiny-sign/" in str(exit_.value) and "--data sign" in str(exit_.value)
+    (tmp_path / "runs" / "tiny-sign").mkdir(parents=True)
+    shutil.copy(sign_ckpt, tmp_path / "runs" / "tiny-sign" / "rpfm.pt")  # as `train.py --data sign` leaves it
+    sample.main(["--video", "first", "--data", str(sign_root), "--limit", "3", "--warmup", "1"])
+    row = json_lines(capsys.readouterr().out)[-1]
+    assert row["checkpoint"].endswith("tiny-sign/rpfm.pt") and row["frames"] == 3
