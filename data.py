@@ -83,7 +83,7 @@ SPLITS = ("train", "test")
 # ----------------------------------------------------------------------------- layouts
 
 def detect_layout(root, verbose: bool = False) -> str:
-    """'csv', 'nted' or 'pcdm' from the files in `root`; `verbose` prints the one-line finding."""
+    """'csv', 'nted', 'pcdm' or 'phoenix' from the files in `root`; `verbose` prints the one-line finding."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found (expected a DeepFashion copy; "
