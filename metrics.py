@@ -277,22 +277,40 @@ def temporal_error(generated: torch.Tensor, real: torch.Tensor) -> dict:
 
 class TemporalScore:
     """Accumulates temporal_error over videos, each weighted by its step count T - 1 (every step of
-    every video counts once), so long and short videos mix as one long sequence of steps would."""
+    every video counts once), so long and short videos mix as one long sequence of steps would.
+
+    Whole videos go in with `add`; `add_frames` takes them batch by batch in frame order (as a scorer
+    reads files), keeping only each video's last frame, so no video is ever held in memory whole."""
 
     def __init__(self):
         self.error_sum, self.real_sum, self.steps, self.videos = 0.0, 0.0, 0, 0
         self.worst = (-1.0, -1, -1)  # (error, video index, step) of the worst step seen
+        self.last = None  # add_frames: (video, its step count so far, last generated (3, H, W), last real)
 
     def add(self, generated: torch.Tensor, real: torch.Tensor) -> None:
         """generated, real: one video pair (T, 3, H, W) in [0, 1]."""
-        errors, real_change = _step_errors(generated, real)  # (T-1,) each
+        self.videos += 1
+        self._count(*_step_errors(generated, real), first_step=0)
+
+    def add_frames(self, generated: torch.Tensor, real: torch.Tensor, videos: list) -> None:
+        """generated, real (B, 3, H, W) in [0, 1]: the next frames, `videos` the video of each, in order."""
+        for i, video in enumerate(videos):
+            if self.last is not None and self.last[0] == video:
+                _, step, g0, r0 = self.last
+                self.videos += step == 0  # a video counts from its first step, as `add` needs two frames
+                errors, real_change = _step_errors(torch.stack([g0, generated[i]]), torch.stack([r0, real[i]]))
+                self._count(errors, real_change, first_step=step)
+                self.last = (video, step + 1, generated[i], real[i])
+            else:  # a new video: its first frame has no step before it
+                self.last = (video, 0, generated[i], real[i])
+
+    def _count(self, errors: torch.Tensor, real_change: torch.Tensor, first_step: int) -> None:
         step = int(errors.argmax())
         if float(errors[step]) > self.worst[0]:
-            self.worst = (float(errors[step]), self.videos, step)
+            self.worst = (float(errors[step]), self.videos - 1, first_step + step)
         self.error_sum += float(errors.sum())
         self.real_sum += float(real_change.sum())
         self.steps += errors.shape[0]
-        self.videos += 1
 
     def result(self) -> dict:
         """mean, worst, worst_video, worst_step, real_change, videos, steps; {} before any video."""

@@ -386,15 +386,19 @@ def _draw_head(draw, body, look, behind: bool):
 
 # ----------------------------------------------------------------------------- one person
 
+def _canvas(size, background):
+    """A blank (H, W) canvas in the background colour and its drawing handle."""
+    canvas = Image.new("RGB", (size[1], size[0]), background)  # PIL sizes are (W, H)
+    return canvas, ImageDraw.Draw(canvas)
+
+
 def draw_person(keypoints, look: Appearance, size=(256, 176), supersample: int = 2):
     """One drawn person in one pose, PIL (W, H) RGB, or None for a pose with no torso."""
-    height, width = size
-    big = (height * supersample, width * supersample)
+    big = (size[0] * supersample, size[1] * supersample)
     body = body_geometry(np.asarray(keypoints, np.float32), big)
     if body is None:
         return None
-    canvas = Image.new("RGB", (big[1], big[0]), look.background)
-    draw = ImageDraw.Draw(canvas)
+    canvas, draw = _canvas(big, look.background)
     _draw_head(draw, body, look, behind=True)
     _draw_legs(draw, canvas, body, look)
     _draw_upper(draw, canvas, body, look)
@@ -630,13 +634,11 @@ def _draw_hand(draw, signer: Signer, look: SignerLook, points, seen):
 def draw_signer(keypoints, look: SignerLook, size=(128, 104), supersample: int = 2):
     """One drawn signer in one pose (keypoints (50, 2) in the 260x210 frame), PIL (W, H) RGB,
     or None for a pose with neither neck nor both shoulders."""
-    height, width = size
-    big = (height * supersample, width * supersample)
+    big = (size[0] * supersample, size[1] * supersample)
     signer = signer_geometry(keypoints, big)
     if signer is None:
         return None
-    canvas = Image.new("RGB", (big[1], big[0]), look.background)
-    draw = ImageDraw.Draw(canvas)
+    canvas, draw = _canvas(big, look.background)
     _draw_signer_head(draw, signer, look, behind=True)
     _draw_signer_torso(draw, canvas, signer, look)
     _draw_signer_head(draw, signer, look, behind=False)

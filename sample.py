@@ -55,6 +55,7 @@ import data
 import metrics
 import pipeline
 import poses
+import scoring
 import streaming
 from cli import option  # one dataclass field = one --flag
 # the timed generation itself lives in pipeline.py, shared with the sweep and the demo
@@ -409,8 +410,9 @@ def pick_video(dataset, name: str) -> tuple[str, list]:
 
 
 def real_video(dataset, names, size) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 1]: the ground-truth frames at the photos' size."""
-    return torch.stack([(data.resize_for_eval(dataset.load_image(n)[None], size)[0] + 1) / 2 for n in names])
+    """(T, 3, H, W) in [0, 1]: the ground-truth frames read from their files at the photos' size, as
+    evaluate.py reads them (not the training-size copies the model saw, which would flatter it)."""
+    return torch.stack([scoring.load_image(dataset.image_path(n), size) for n in names])
 
 
 @torch.inference_mode()

@@ -152,36 +152,17 @@ def score_pairs(pairs, metrics: Metrics, size=(256, 176), batch_size=16, generat
     """
     n_batches = math.ceil(len(pairs) / batch_size)
     batches = progress(_batches(pairs, size, batch_size, generated_image), total=n_batches, desc=desc, leave=False)
-    row = score_batches(batches, len(pairs), metrics, size, batch_size, keypoints, ref_stats,
-                        generated_image, [str(r) for _, r in pairs], frame)
-    if videos is not None:
-        row.update(score_temporal(pairs, videos, size, generated_image))
-    return row
-
-
-def score_temporal(pairs, videos, size, generated_image=None) -> dict:
-    """metrics.TemporalScore over the videos: each video's generated frames against its real ones, in
-    pair order. A frozen output (a copied first frame, one mean image) scores the real motion."""
-    score = TemporalScore()
-    for video in dict.fromkeys(videos):
-        chunk = [p for p, v in zip(pairs, videos) if v == video]
-        if len(chunk) < 2:
-            continue
-        real = torch.stack([load_image(r, size) for _, r in chunk])  # (T, 3, H, W)
-        gen = (generated_image.expand_as(real) if generated_image is not None
-               else torch.stack([load_image(g, size) for g, _ in chunk]))  # (T, 3, H, W)
-        score.add(gen, real)
-    result = score.result()
-    return {"temporal": result["mean"], "temporal_max": result["worst"],
-            "real_change": result["real_change"]} if result else {}
+    return score_batches(batches, len(pairs), metrics, size, batch_size, keypoints, ref_stats,
+                         generated_image, [str(r) for _, r in pairs], frame, videos)
 
 
 def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keypoints=None, ref_stats=None,
-                  generated_image=None, real_keys=None, frame=data.FRAME) -> dict:
+                  generated_image=None, real_keys=None, frame=data.FRAME, videos=None) -> dict:
     """The metrics of (generated (B, 3, H, W), real (B, 3, H, W), real keys) batches in [0, 1], in
-    pair order (score_pairs reads them from files; the autoencoder ceiling makes them)."""
+    pair order (score_pairs reads them from files; the autoencoder ceiling makes them). videos: the
+    video of each pair (frames in order) adds the temporal error, in the same pass over the images."""
     per_image = {"ssim": [], "psnr": [], "lpips": [], "sharp_gen": [], "sharp_real": [], "hand_ssim": []}
-    gen_feats, colours, done = [], appearance.PartColourScore(), 0
+    gen_feats, colours, temporal, done = [], appearance.PartColourScore(), TemporalScore(), 0
     for gen, real, keys in batches:
         gen, real = gen.to(metrics.device), real.to(metrics.device)
         per_image["ssim"].append(ssim(gen, real).cpu())
@@ -193,6 +174,8 @@ def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keyp
             colours.add(appearance.part_colours(gen, kp), appearance.part_colours(real, kp))
             if len(kp[0]) == len(poses.SIGN50.joint_names):  # a signer: the hands scored on their own
                 per_image["hand_ssim"].append(hand_ssim(gen, real, kp)[0].cpu())
+        if videos is not None:  # a frozen output (a copied first frame, one mean image) scores the real motion
+            temporal.add_frames(gen.cpu(), real.cpu(), videos[done:done + len(gen)])
         done += len(gen)
         if metrics.lpips is not None:
             per_image["lpips"].append(metrics.lpips(gen, real).cpu())
@@ -205,6 +188,9 @@ def score_batches(batches, n: int, metrics: Metrics, size, batch_size: int, keyp
     row.update({k: v for k, v in means.items() if not k.startswith("sharp_")})
     row["sharpness"] = means["sharp_gen"] / max(means["sharp_real"], 1e-12)  # 1.0: as sharp as real
     row.update(colours.result())
+    if temporal.steps:
+        t = temporal.result()
+        row.update({"temporal": t["mean"], "temporal_max": t["worst"], "real_change": t["real_change"]})
     if metrics.inception is not None:
         if generated_image is not None:  # one image: one forward, repeated
             gen_feats = [metrics.features(generated_image[None]).expand(n, -1)]
@@ -330,32 +316,19 @@ def score_ceiling(vae: nn.Module, dataset: PairDataset, names, metrics: Metrics,
     (up to luck), so every table shows how much of a gap is the VAE's."""
     targets = [t for _, t in names]
 
-    def batches(chunks=None):
+    def batches():
         for i in range(0, len(targets), batch_size):
             chunk = targets[i:i + batch_size]
             x = torch.stack([dataset.load_image(t) for t in chunk]).to(device)  # (B, 3, S, S) in [-1, 1]
             recon = vae.decode_latents(vae.encode_latents(x)).float().clamp(-1, 1)  # (B, 3, S, S)
             gen = resize_for_eval((recon.cpu() + 1) / 2, size)  # (B, 3, H, W) in [0, 1]
             real = torch.stack([load_image(dataset.image_path(t), size) for t in chunk])  # (B, 3, H, W)
-            if chunks is not None:  # kept for the temporal error, video by video
-                chunks.append((gen, real))
             yield gen, real, [str(dataset.image_path(t)) for t in chunk]
 
-    videos, kept = videos_of(dataset, targets), []
-    row = score_batches(progress(batches(kept if videos else None), total=math.ceil(len(targets) / batch_size),
-                                 desc="ceiling", leave=False), len(targets), metrics, size, batch_size,
-                        [dataset.keypoints[t] for t in targets],
-                        real_keys=[str(dataset.image_path(t)) for t in targets], frame=dataset.frame)
-    if videos:  # signers: the reconstructed video against the real one
-        gen, real = (torch.cat([c[k] for c in kept]) for k in (0, 1))  # (N, 3, H, W) each
-        score = TemporalScore()
-        for video in dict.fromkeys(videos):
-            index = [i for i, v in enumerate(videos) if v == video]
-            if len(index) > 1:
-                score.add(gen[index], real[index])
-        result = score.result()
-        row.update({"temporal": result["mean"], "temporal_max": result["worst"], "real_change": result["real_change"]})
-    return row
+    return score_batches(progress(batches(), total=math.ceil(len(targets) / batch_size), desc="ceiling",
+                                  leave=False), len(targets), metrics, size, batch_size,
+                         [dataset.keypoints[t] for t in targets], real_keys=[str(dataset.image_path(t)) for t in targets],
+                         frame=dataset.frame, videos=videos_of(dataset, targets))
 
 
 CEILING_ROW = "ceiling: the VAE's own reconstruction"

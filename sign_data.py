@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import persons
 from poses import HAND_POINTS, LEFT_HAND, MISSING, RIGHT_HAND, SIGN50, DataError, is_missing, scale_keypoints
@@ -149,8 +150,6 @@ def image_dir(root, split: str) -> Path:
 
 def _frame_size(root, split: str, videos: dict, files: dict) -> tuple:
     """(H, W) of the split's frames: the keypoints are pixels of them (PHOENIX's 260x210 if unreadable)."""
-    from PIL import Image
-
     try:
         first = next(iter(videos.values()))[0]
         folder = image_dir(root, split)

@@ -218,3 +218,22 @@ def test_temporal_score_weights_videos_by_their_steps():
     worst_video = int(b["worst"] > a["worst"])
     assert out["worst"] == pytest.approx(max(a["worst"], b["worst"]))
     assert (out["worst_video"], out["worst_step"]) == (worst_video, (a, b)[worst_video]["worst_step"])
+
+
+def test_temporal_score_frame_by_frame_equals_whole_videos():
+    g = torch.Generator().manual_seed(3)
+    videos = [torch.rand(n, 3, 12, 10, generator=g) for n in (4, 6, 3)]
+    fakes = [(v + 0.1 * torch.rand(v.shape, generator=g)).clamp(0, 1) for v in videos]
+    whole = TemporalScore()
+    for fake, real in zip(fakes, videos):
+        whole.add(fake, real)
+    streamed = TemporalScore()
+    fake, real = torch.cat(fakes), torch.cat(videos)  # (13, 3, H, W): the videos one after another
+    names = [k for k, v in enumerate(videos) for _ in range(len(v))]
+    for i in range(0, 13, 5):  # batches that cut across videos
+        streamed.add_frames(fake[i:i + 5], real[i:i + 5], names[i:i + 5])
+    a, b = whole.result(), streamed.result()
+    assert a.keys() == b.keys() and a["videos"] == b["videos"] == 3 and a["steps"] == b["steps"] == 10
+    for key in ("mean", "worst", "real_change"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6)
+    assert (a["worst_video"], a["worst_step"]) == (b["worst_video"], b["worst_step"])
