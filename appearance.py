@@ -220,13 +220,16 @@ def swap_order(n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def source_sensitivity(generate, source: torch.Tensor, pose: torch.Tensor) -> dict:
+def source_sensitivity(generate, source: torch.Tensor, pose: torch.Tensor, source_keypoints=None) -> dict:
     """How much the output follows the source: generate(source, pose) -> images in [-1, 1] must use
-    the same noise on every call. Returns {'src_sens': mean |out - out_swapped| / mean |source -
-    source_swapped|, 'src_change', 'out_change'} (both in [0, 1] image units)."""
+    the same noise on every call. With source_keypoints (B, K, 2) it is generate(source, pose,
+    source_keypoints) and a swapped source brings its own pose along (the model may read both).
+    Returns {'src_sens': mean |out - out_swapped| / mean |source - source_swapped|, 'src_change',
+    'out_change'} (both in [0, 1] image units)."""
     order = swap_order(source.shape[0])
-    out = generate(source, pose).float()
-    swapped = generate(source[order], pose).float()
+    extra = () if source_keypoints is None else (source_keypoints,)
+    out = generate(source, pose, *extra).float()
+    swapped = generate(source[order], pose, *(k[order] for k in extra)).float()
     out_change = float((out - swapped).abs().mean() / 2)  # /2: [-1, 1] -> [0, 1] units
     src_change = float((source - source[order]).abs().mean() / 2)
     return {"src_sens": out_change / max(src_change, 1e-12), "src_change": src_change, "out_change": out_change}

@@ -152,7 +152,7 @@ def test_sources(dataset: data.PairDataset, count: int) -> list:
         seen.add(source)
         photo = dataset.load_image(source).unsqueeze(0)  # (1, 3, H, W), as trained
         png = data_url(dataset.image_path(source).read_bytes(), "image/" + _kind(dataset.image_path(source)))
-        out.append({"name": Path(source).name, "tensor": photo, "image": png,
+        out.append({"name": Path(source).name, "tensor": photo, "image": png, "keypoints": dataset.keypoints[source],
                     "pose": pose_json(dataset.keypoints[target])})
         if len(out) == count:
             break
@@ -245,12 +245,14 @@ class Spec:
     source: torch.Tensor  # (1, 3, H, W)
     sampling: pipeline.Sampling
     label: str
+    source_kp: object = None  # (K, 2) the source's pose in the page's frame; None for an upload
 
 
 class Session:
     def __init__(self, server: "Server", ws, number: int):
         self.server, self.ws, self.number = server, ws, number
         self.source = server.sources[0]["tensor"]  # (1, 3, H, W)
+        self.source_kp = server.sources[0]["keypoints"]  # (K, 2); None for an upload (no pose detector here)
         self.mode, self.steps = server.modes[0], server.modes[0]["steps"]
         self.spec = self.make_spec()
         self.live, self.live_spec = None, None  # built in the generation thread, from self.spec
@@ -263,7 +265,7 @@ class Session:
         gen = self.server.gens[self.mode["method"]]
         sampling = pipeline.sampling_for(gen.process, self.steps, self.mode["sampler"])
         return Spec(gen, self.source.to(self.server.device), sampling,
-                    f"{gen.method} {sampling.sampler} {sampling.steps}")
+                    f"{gen.method} {sampling.sampler} {sampling.steps}", self.source_kp)
 
     async def run(self):
         await self.send(self.server.hello())
@@ -324,11 +326,13 @@ class Session:
             if not isinstance(i, int) or not 0 <= i < len(self.server.sources):
                 raise ValueError(f"source {i!r}: expected a test source from 0 to {len(self.server.sources) - 1}")
             self.source, name = self.server.sources[i]["tensor"], self.server.sources[i]["name"]
+            self.source_kp = self.server.sources[i]["keypoints"]
         else:
             name = f"upload {str(msg.get('name', ''))[:80]!r}"
             image = streaming.read_image(from_data_url(msg.get("upload"), name), name)
             crop = self.server.frame == data.FRAME  # a square DeepFashion copy is cropped to its person
             self.source = streaming.source_tensor(image, self.server.image_size, "cpu", crop)  # (1, 3, H, W)
+            self.source_kp = None  # its pose is unknown: the look comes from the source tokens alone
         self.spec = self.make_spec()
         await self.send({"type": "ready", "message": f"source: {name}"})
         self.redraw()
@@ -369,7 +373,7 @@ class Session:
         spec = self.spec  # note: read once; the event loop may replace it meanwhile
         if self.live_spec is not spec:
             self.live = streaming.Live.start(spec.gen, spec.source, self.server.frame, spec.sampling,
-                                             self.server.cfg.precision, self.server.cfg.seed)
+                                             self.server.cfg.precision, self.server.cfg.seed, spec.source_kp)
             self.live_spec = spec
         frame = self.live.frame(kp)
         t0 = time.perf_counter()
@@ -466,7 +470,7 @@ class Server:
             gen = self.gens[mode["method"]]
             sampling = pipeline.sampling_for(gen.process, mode["steps"], mode["sampler"])
             live = streaming.Live.start(gen, self.sources[0]["tensor"].to(self.device), self.frame, sampling,
-                                        self.cfg.precision, self.cfg.seed)
+                                        self.cfg.precision, self.cfg.seed, self.sources[0]["keypoints"])
             live.frame(kp)
             ms = live.frame(kp).ms
             print(f"demo.py: {mode['label']} {sampling.steps} steps: {sum(ms.values()):.1f} ms a frame "

@@ -133,7 +133,8 @@ def one_step_batch(gen: Generator, batch: dict, seed: int) -> dict:
     """{row: {metric: (B,) values}} for one batch: SSIM of the decoded one-call prediction against the
     target (no sampler in between) at every level and guidance weight, and the RMS latent error."""
     x = gen.vae.encode_latents(batch["target"])  # (B, C, h, w), unit variance
-    cond = pipeline.build_cond(gen.unet, gen.fusion, batch["source"], batch["target_pose"])
+    cond = pipeline.build_cond(gen.unet, gen.fusion, batch["source"], batch["target_pose"],
+                               keypoints=pipeline.batch_keypoints(batch))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))  # (B, C, h, w)
     real = (batch["target"] + 1) / 2  # (B, 3, H, W) in [0, 1]
     predictions = {level_name(gen.process, lv): lambda w, lv=lv: gen.process.denoise_once(

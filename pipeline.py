@@ -44,6 +44,7 @@ import data
 import diffusion
 import flow_matching
 import fusion
+import poses
 import unet as unet_lib
 import vae as vae_lib
 from guidance import INDEPENDENT_DROP, JOINT_DROP
@@ -167,10 +168,11 @@ def component(model: nn.Module) -> dict:
 
 
 def unet_config_for(unet_preset, image_size: int, vae: nn.Module, fusion_model, pose_channels: int,
-                    source_checkpoint: str = "") -> unet_lib.UNetConfig:
+                    source_checkpoint: str = "", source_colours: bool | None = None) -> unet_lib.UNetConfig:
     """The UNet preset sized to the data and the frozen stages it sits between.
 
     note: fusion_dim 0 when there is no fusion model: RPFM's UNet has no fusion input at all.
+    source_colours: None keeps the preset's choice.
     """
     ucfg = dataclasses.replace(unet_lib.make_config(unet_preset), image_size=image_size,
                                pose_channels=pose_channels,
@@ -179,6 +181,8 @@ def unet_config_for(unet_preset, image_size: int, vae: nn.Module, fusion_model, 
                                fusion_dim=fusion_model.embed_dim if fusion_model else 0)
     if source_checkpoint:
         ucfg = dataclasses.replace(ucfg, source_checkpoint=source_checkpoint)
+    if source_colours is not None:
+        ucfg = dataclasses.replace(ucfg, source_colours=source_colours)
     return ucfg
 
 
@@ -257,19 +261,49 @@ def sample_latents(process, model, noise, cond, steps: int = 0, w_src=None, w_fu
     return process.sample(model, noise, cond, s.steps, w_src=s.w_src, w_fus=s.w_fus, **{name: s.sampler})
 
 
-def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None) -> dict:
+def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, keypoints=None) -> dict:
     """The conditions of both methods: pose map, source tokens, and (FPDM) the fusion embedding.
+
+    keypoints: (source_keypoints, target_keypoints), each (B, K, 2) in the S x S frame; needed when
+    the UNet takes the pose painted in the source's colours (UNetConfig.source_colours, the CPU
+    presets), which is appended to the pose map here.
 
     note: the tokens are computed outside the UNet's forward so streaming can encode a source
     once (pass them as `tokens`); the process drops them (zeros) per sample exactly as it does
-    at guidance time.
+    at guidance time. The painted colours travel inside `pose` and are dropped with it.
     """
     tokens = model.encode_source(source) if tokens is None else tokens  # (B, N, D)
     cond = {"pose": pose, "src_tokens": tokens}
     if fusion_model is not None:
         with torch.no_grad():
             cond["fusion"] = fusion_model.embed(source, pose)  # (B, D), fixed: stage 1 is frozen
+    if model.config.source_colours:
+        if keypoints is None:
+            raise ValueError("this UNet takes the pose painted in the source's colours (source_colours): "
+                             "pass keypoints=(source_keypoints, target_keypoints)")
+        painted = poses.paint_source_colours(source, *(k.to(source.device) for k in keypoints))  # (B, 4, S, S)
+        cond["pose"] = torch.cat([pose, painted.to(pose.dtype)], dim=1)  # (B, P + 4, S, S)
     return cond
+
+
+SOURCE_POSE_DROP = 0.1  # training: the share of samples whose source pose is hidden (nothing painted)
+
+
+def hide_source_pose(keypoints: tuple, p: float = SOURCE_POSE_DROP) -> tuple:
+    """Training: mark every source joint missing for a random share p of the batch.
+
+    note: a photo uploaded to the demo or streamed from a file has no pose (no keypoint detector in
+    the stack), so nothing is painted for it; hiding the pose now and then trains that case, where
+    the look must come from the source tokens alone."""
+    source, target = keypoints
+    hide = torch.rand(source.shape[0], device=source.device) < p  # (B,)
+    return torch.where(hide[:, None, None], torch.full_like(source, poses.MISSING), source), target
+
+
+def batch_keypoints(batch: dict, device=None) -> tuple:
+    """(source_keypoints, target_keypoints) of a PairDataset batch, for build_cond / generate."""
+    pair = batch["source_keypoints"], batch["target_keypoints"]
+    return pair if device is None else tuple(k.to(device) for k in pair)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,13 +447,14 @@ def sync(device):
 
 @torch.inference_mode()  # like no_grad, and skips autograd's version counting: ~5% at batch 1 on a CPU
 def generate(gen: Generator, source, pose, sampling: Sampling, timer: PhaseTimer, precision: str,
-             tokens=None, noise=None):
+             tokens=None, noise=None, keypoints=None):
     """source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in [-1, 1] and the counted NFE.
-    tokens: the source already encoded (streaming); noise (B, C, h, w): None draws it here."""
+    tokens: the source already encoded (streaming); noise (B, C, h, w): None draws it here;
+    keypoints: (source, target) (B, K, 2) each, see build_cond."""
     counter = CountingModel(gen.unet, source.shape[0])
     with autocast_for(precision, source.device):
         with timer("source encoding"):
-            cond = build_cond(gen.unet, gen.fusion, source, pose, tokens)
+            cond = build_cond(gen.unet, gen.fusion, source, pose, tokens, keypoints)
         noise = gen.noise(source.shape[0], source.device) if noise is None else noise  # (B, 4, h, w)
         with timer("sampling loop"):
             z = sample_latents(gen.process, counter, noise, cond, sampling.steps,

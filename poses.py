@@ -23,9 +23,16 @@ joint and every bone touching it are simply not drawn, so a hand out of view is 
 
     render_pose(keypoints, 32, 32, frame=(256, 176))   # (32, 32, 3) uint8 skeleton
     pose_heatmaps(keypoints, 32, 32)                     # (K, 32, 32) one Gaussian per joint
+    paint_source_colours(source, source_kp, target_kp)  # (B, 4, S, S) the target pose in the source's colours
     python -m pytest -q tests/test_poses.py
 
-Shapes: K joints (18 or 50), H W the height and width drawn at.
+The third map is the one that carries appearance (`paint_source_colours`, after the part-wise
+warping of Deformable GANs, Siarohin et al., arXiv:1801.00055, reduced to one colour per part):
+each body part (the torso, then every bone as a thick segment) takes the mean colour of the same
+part in the source photo and is painted where that part lies in the target pose.
+
+Shapes: K joints (18 or 50), H W the height and width drawn at, B batch, S the square training
+size, L parts (the torso and the layout's bones).
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import colorsys
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 MISSING = -1.0
@@ -60,6 +68,7 @@ class Layout:
     bone_widths: tuple  # one fraction of the image height per bone
     joint_colors: tuple  # one RGB per joint, None: no dot (finger joints are too small)
     frame: tuple  # (H, W) of the frame the dataset files give keypoints in
+    torso: tuple = ()  # (r_shoulder, l_shoulder, l_hip, r_hip) when the layout has hips
 
     @property
     def flip_perm(self) -> tuple:
@@ -90,7 +99,7 @@ POSE_COLORS = (
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
 COCO18 = Layout("coco18", KEYPOINT_NAMES, LIMBS, POSE_COLORS[:len(LIMBS)], (LIMB_WIDTH,) * len(LIMBS),
-                POSE_COLORS, frame=(256, 176))
+                POSE_COLORS, frame=(256, 176), torso=(2, 5, 11, 8))
 FLIP_PERM = COCO18.flip_perm
 
 # ----------------------------------------------------------------------------- upper body + hands
@@ -197,3 +206,82 @@ def pose_heatmaps(keypoints_xy, height: int, width: int, frame=None, sigma=None)
     maps = gy[:, :, None] * gx[:, None, :]  # (K, H, W): a 2-D Gaussian is separable
     maps[is_missing(kp)] = 0.0
     return maps.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the pose in the source's colours
+
+PART_RADIUS = 3.0  # a part's half-width in its bone's line widths: a limb is wider than its skeleton line
+SOURCE_COLOUR_CHANNELS = 4  # RGB in [0, 1] and a coverage channel (a black sleeve is not "no sleeve")
+
+
+def _segment_masks(kp: torch.Tensor, layout: Layout, size: int) -> torch.Tensor:
+    """(B, K, 2) keypoints in the S x S frame -> bool (B, L - 1, S, S): pixels near each bone."""
+    bones = torch.tensor(layout.bones, device=kp.device)  # (L - 1, 2)
+    radii = torch.tensor(layout.bone_widths, device=kp.device) * size * PART_RADIUS  # (L - 1,)
+    grid = torch.arange(size, device=kp.device, dtype=kp.dtype)
+    pix = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(1, 1, -1, 2)  # (1, 1, S*S, 2) (x, y)
+    a, b = kp[:, bones[:, 0], None], kp[:, bones[:, 1], None]  # (B, L - 1, 1, 2) each
+    along = ((pix - a) * (b - a)).sum(-1) / ((b - a) ** 2).sum(-1).clamp_min(1e-6)  # (B, L - 1, S*S)
+    nearest = a + along.clamp(0, 1)[..., None] * (b - a)  # (B, L - 1, S*S, 2): closest point of the bone
+    near = (pix - nearest).norm(dim=-1) <= radii.clamp_min(0.75)[None, :, None]  # (B, L - 1, S*S)
+    present = (kp[:, bones] >= 0).flatten(2).all(-1)  # (B, L - 1): both ends seen
+    return (near & present[..., None]).unflatten(-1, (size, size))  # (B, L - 1, S, S)
+
+
+def _torso_mask(kp: torch.Tensor, layout: Layout, size: int) -> torch.Tensor:
+    """(B, K, 2) -> bool (B, 1, S, S): inside the shoulder-hip quadrilateral (two triangles, so a
+    twisted torso still covers something); all False without hips or with a corner missing."""
+    b = kp.shape[0]
+    if not layout.torso:
+        return torch.zeros(b, 1, size, size, dtype=torch.bool, device=kp.device)
+    grid = torch.arange(size, device=kp.device, dtype=kp.dtype)
+    pix = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(1, -1, 2)  # (1, S*S, 2)
+    c = kp[:, list(layout.torso), None]  # (B, 4, 1, 2) corners
+
+    def inside(p, q, r):  # (B, 1, 2) x3 -> (B, S*S): same side of all three edges
+        def side(u, v):
+            return (v[..., 0] - u[..., 0]) * (pix[..., 1] - u[..., 1]) - (v[..., 1] - u[..., 1]) * (pix[..., 0] - u[..., 0])
+        s1, s2, s3 = side(p, q), side(q, r), side(r, p)
+        return ((s1 >= 0) & (s2 >= 0) & (s3 >= 0)) | ((s1 <= 0) & (s2 <= 0) & (s3 <= 0))
+
+    mask = inside(c[:, 0], c[:, 1], c[:, 2]) | inside(c[:, 0], c[:, 2], c[:, 3])  # (B, S*S)
+    present = (kp[:, list(layout.torso)] >= 0).flatten(1).all(-1)  # (B,)
+    return (mask & present[:, None]).reshape(b, 1, size, size)
+
+
+def part_masks(keypoints: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, K, 2) (x, y) keypoints in the S x S frame -> bool (B, L, S, S), in painting order: the
+    bones inside the trunk (neck to shoulders and hips), the torso over them, then the other bones
+    (arms, legs, head) over the torso, as an arm in front of the body covers it."""
+    layout = layout_of(keypoints[0])
+    kp = keypoints.float()
+    bones = _segment_masks(kp, layout, size)  # (B, L - 1, S, S)
+    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
+    rest = [i for i in range(len(layout.bones)) if i not in trunk]
+    return torch.cat([bones[:, trunk], _torso_mask(kp, layout, size), bones[:, rest]], dim=1)
+
+
+def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
+    """The target pose painted in the source's colours: (B, 3, S, S) in [-1, 1], (B, K, 2) x2 -> (B, 4, S, S).
+
+    Each part's colour is the mean of the source pixels inside that part in the SOURCE pose; it is
+    painted inside the same part in the TARGET pose, later parts over earlier ones (part_masks' order).
+    Channel 3 is 1 where something was painted (a black sleeve is not "nothing there"). A part
+    missing in either pose paints nothing, so a source whose pose is unknown paints nothing at all.
+    The network still has to draw the background, folds, shading, hair and every texture.
+    note: painting the source's background colour as well was tried and changed nothing measurable
+    (RESULTS.md, "appearance"), so the background is left to the network.
+    """
+    b, size = source.shape[0], source.shape[-1]
+    src_masks, tgt_masks = part_masks(source_kp, size).float(), part_masks(target_kp, size)  # (B, L, S, S) each
+    pixels = (source.float() + 1) / 2  # (B, 3, S, S) in [0, 1]
+    count = src_masks.sum(dim=(2, 3))  # (B, L)
+    colours = torch.einsum("blhw,bchw->blc", src_masks, pixels) / count.clamp_min(1)[..., None]  # (B, L, 3)
+    tgt_masks = tgt_masks & (count > 0)[..., None, None]  # (B, L, S, S): only parts the source shows
+    order = torch.arange(1, tgt_masks.shape[1] + 1, device=source.device).view(1, -1, 1, 1)
+    last = (tgt_masks * order).amax(dim=1)  # (B, S, S): the last part painted at each pixel, 0 = none
+    index = (last - 1).clamp_min(0)  # (B, S, S)
+    painted = torch.gather(colours, 1, index.flatten(1)[..., None].expand(-1, -1, 3))  # (B, S*S, 3)
+    covered = (last > 0).flatten(1)[..., None].float()  # (B, S*S, 1)
+    out = torch.cat([painted * covered, covered], dim=-1)  # (B, S*S, 4)
+    return out.transpose(1, 2).reshape(b, SOURCE_COLOUR_CHANNELS, size, size).to(source.dtype)

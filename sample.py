@@ -188,7 +188,8 @@ def sample_dataset(cfg: SampleConfig, device):
     torch.manual_seed(cfg.seed)
     for batch in cli.progress(loader, desc=f"[{gen.method}] generating"):
         src, pose = batch["source"].to(device), batch["target_pose"].to(device)
-        images, nfe = generate(gen, src, pose, sampling, timer, cfg.precision)
+        images, nfe = generate(gen, src, pose, sampling, timer, cfg.precision,
+                               keypoints=pipeline.batch_keypoints(batch, device))
         files += write_images(images, batch, out, size)
         grid = grid or grid_rows(batch, images)
     # the grid goes beside the folder: inside it, evaluate.py would look for its ground truth
@@ -214,7 +215,7 @@ def warm_up(gen, batch, sampling: Sampling, cfg: SampleConfig, device):
     """Untimed batches first: allocator, cuDNN autotuning and torch.compile happen here."""
     for _ in range(cfg.warmup):
         generate(gen, batch["source"].to(device), batch["target_pose"].to(device), sampling,
-                 PhaseTimer(device), cfg.precision)
+                 PhaseTimer(device), cfg.precision, keypoints=pipeline.batch_keypoints(batch, device))
 
 
 def maybe_compile(gen: Generator, cfg: SampleConfig, device):
@@ -254,11 +255,14 @@ BENCHMARK_REFERENCE = "RPFM default"
 
 
 def benchmark_inputs(gen: Generator, batch: int, seed: int, device):
-    """Random source (B, 3, H, W) in [-1, 1] and pose map (B, 3, H, W) in [0, 1], the same for every row."""
+    """Random source (B, 3, H, W) in [-1, 1], pose map (B, 3, H, W) in [0, 1] and keypoints (B, 18, 2)
+    of source and target inside the image, the same for every row."""
     g = torch.Generator().manual_seed(seed)
     s = gen.image_size
     source = torch.rand(batch, 3, s, s, generator=g) * 2 - 1  # (B, 3, H, W)
-    return source.to(device), torch.rand(batch, 3, s, s, generator=g).to(device)  # (B, 3, H, W)
+    pose = torch.rand(batch, 3, s, s, generator=g)  # (B, 3, H, W)
+    keypoints = tuple((torch.rand(batch, 18, 2, generator=g) * (s - 1)).to(device) for _ in range(2))  # (B, 18, 2) x2
+    return source.to(device), pose.to(device), keypoints
 
 
 def benchmark(cfg: SampleConfig, device):
@@ -267,17 +271,17 @@ def benchmark(cfg: SampleConfig, device):
         torch.manual_seed(cfg.seed)
         gens[method] = Generator.random_init(method, cfg.preset, device)
         maybe_compile(gens[method], cfg, device)
-    source, pose = benchmark_inputs(gens["fpdm"], cfg.batch_size, cfg.seed, device)
+    source, pose, keypoints = benchmark_inputs(gens["fpdm"], cfg.batch_size, cfg.seed, device)
     rows = [(label, gens[m], Sampling(steps, sampler, w, w)) for label, m, sampler, steps, w in BENCHMARK_ROWS]
     for _, gen, sampling in rows:
         for _ in range(cfg.warmup):
-            generate(gen, source, pose, sampling, PhaseTimer(device), cfg.precision)
+            generate(gen, source, pose, sampling, PhaseTimer(device), cfg.precision, keypoints=keypoints)
     timers, nfes = [PhaseTimer(device) for _ in rows], [0.0] * len(rows)
     # note: rows take turns within each repeat, so a slower or busier moment of a shared machine
     # falls on every row alike instead of on whichever row happened to run then
     for _ in cli.progress(range(cfg.repeats), desc="[benchmark] repeats"):
         for i, (_, gen, sampling) in enumerate(rows):
-            _, nfes[i] = generate(gen, source, pose, sampling, timers[i], cfg.precision)
+            _, nfes[i] = generate(gen, source, pose, sampling, timers[i], cfg.precision, keypoints=keypoints)
     results = [timing_row(label, gen, sampling, timer, cfg.repeats * cfg.batch_size, nfe,
                           cfg.batch_size, device)
                for (label, gen, sampling), timer, nfe in zip(rows, timers, nfes)]
@@ -426,7 +430,7 @@ def play_video(path: str, steps: int, cfg: SampleConfig, device) -> dict:
     frames = frames[:cfg.limit] if cfg.limit else frames
     keyframes = [dataset.keypoints[n] for n in frames]  # (50, 2) each, in dataset.frame
     live = streaming.Live.start(gen, dataset.load_image(frames[0])[None].to(device), dataset.frame, sampling,
-                                cfg.precision, cfg.seed)
+                                cfg.precision, cfg.seed, source_keypoints=keyframes[0])
     label = f"{gen.method} {sampling.sampler} {sampling.steps}"
     played = streaming.play(live, keyframes, cfg.warmup, desc=f"[video] {label}")
     size = photo_size(dataset)

@@ -343,12 +343,15 @@ def score_sensitivity(gen: Generator, dataset: PairDataset, sampling: Sampling, 
     source = torch.stack([it["source"] for it in items]).to(device)  # (n, 3, S, S)
     pose = torch.stack([it["target_pose"] for it in items]).to(device)  # (n, P, S, S)
     noise = gen.noise(len(items), "cpu", torch.Generator().manual_seed(seed)).to(device)  # (n, C, h, w)
+    source_kp = torch.stack([it["source_keypoints"] for it in items]).to(device)  # (n, K, 2)
+    target_kp = torch.stack([it["target_keypoints"] for it in items]).to(device)  # (n, K, 2)
 
-    def generate(src, pose_):
+    def generate(src, pose_, src_kp):
         torch.manual_seed(seed)  # DDPM's step noise, the same for both calls
-        return pipeline.generate(gen, src, pose_, sampling, pipeline.PhaseTimer(device), precision, noise=noise)[0]
+        return pipeline.generate(gen, src, pose_, sampling, pipeline.PhaseTimer(device), precision, noise=noise,
+                                 keypoints=(src_kp, target_kp))[0]
 
-    return appearance.source_sensitivity(generate, source, pose)
+    return appearance.source_sensitivity(generate, source, pose, source_kp)
 
 
 # ----------------------------------------------------------------------------- the table

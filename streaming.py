@@ -213,15 +213,27 @@ class Live:
     sampling: Sampling
     precision: str = "auto"
     seed: int = 0
+    source_kp: np.ndarray | None = None  # (K, 2) the source's pose in frame_hw; None: not known
 
     @classmethod
     @torch.inference_mode()
-    def start(cls, gen: Generator, source, frame_hw, sampling: Sampling, precision="auto", seed=0) -> "Live":
-        """Encode the source once and draw the stream's one noise (on the CPU: the same on any device)."""
+    def start(cls, gen: Generator, source, frame_hw, sampling: Sampling, precision="auto", seed=0,
+              source_keypoints=None) -> "Live":
+        """Encode the source once and draw the stream's one noise (on the CPU: the same on any device).
+        source_keypoints: the source photo's pose in frame_hw, for a UNet that takes the pose painted in
+        the source's colours; None (an uploaded photo) paints nothing and the look comes from the tokens."""
         with pipeline.autocast_for(precision, source.device):
             tokens = gen.unet.encode_source(source)  # (1, N, D)
         noise = gen.noise(1, "cpu", torch.Generator().manual_seed(seed)).to(source.device)  # (1, C, h, w)
-        return cls(gen, source, tokens, noise, tuple(frame_hw), sampling, precision, seed)
+        return cls(gen, source, tokens, noise, tuple(frame_hw), sampling, precision, seed, source_keypoints)
+
+    def keypoints(self, target_kp) -> tuple:
+        """(source, target) keypoints (1, K, 2) in the S x S frame, as pipeline.build_cond takes them."""
+        size = (self.gen.image_size,) * 2
+        target = poses.scale_keypoints(target_kp, self.frame_hw, size)  # (K, 2)
+        source = (np.full_like(target, poses.MISSING) if self.source_kp is None
+                  else poses.scale_keypoints(self.source_kp, self.frame_hw, size))  # (K, 2)
+        return tuple(torch.from_numpy(k)[None].to(self.source.device) for k in (source, target))
 
     @torch.inference_mode()
     def frame(self, keypoints, model=None) -> Frame:
@@ -233,7 +245,7 @@ class Live:
         torch.manual_seed(self.seed)  # the same DDPM step noise for every frame (see the docstring)
         with pipeline.autocast_for(self.precision, device):
             with timer("network"):
-                cond = pipeline.build_cond(gen.unet, gen.fusion, self.source, pose, self.tokens)
+                cond = pipeline.build_cond(gen.unet, gen.fusion, self.source, pose, self.tokens, self.keypoints(keypoints))
                 s = self.sampling
                 z = pipeline.sample_latents(gen.process, model or gen.unet, self.noise, cond, s.steps,
                                             s.w_src, s.w_fus, s.sampler)  # (1, C, h, w)

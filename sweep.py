@@ -139,10 +139,12 @@ def generate_point(sweep: Sweep, method: str, sampling: Sampling, cfg, out: Path
     out.mkdir(parents=True, exist_ok=True)
     for i, (batch, noise) in enumerate(point_batches(sweep, gen, cfg)):
         src, pose = batch["source"].to(device), batch["target_pose"].to(device)
+        kp = pipeline.batch_keypoints(batch, device)
         if i == 0:  # warm-up: its time is thrown away
-            pipeline.generate(gen, src, pose, sampling, pipeline.PhaseTimer(device), cfg.precision, noise=noise)
+            pipeline.generate(gen, src, pose, sampling, pipeline.PhaseTimer(device), cfg.precision, noise=noise,
+                              keypoints=kp)
             torch.manual_seed(cfg.seed)  # the step noise as if the warm-up had not run
-        images, nfe = pipeline.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise)
+        images, nfe = pipeline.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise, keypoints=kp)
         files += [out / f for f in pipeline.write_images(images, batch, out, sweep.size)]
     return files, 1000 * sum(timer.seconds.values()) / len(files), nfe
 
@@ -167,7 +169,7 @@ def interleaved_times(sweep: Sweep, points, cfg) -> list[float]:
             batch, noise = first[method]
             timer = pipeline.PhaseTimer(device)
             pipeline.generate(sweep.gens[method], batch["source"].to(device), batch["target_pose"].to(device),
-                            sampling, timer, cfg.precision, noise=noise)
+                              sampling, timer, cfg.precision, noise=noise, keypoints=pipeline.batch_keypoints(batch, device))
             if round_ > 0:  # round 0 warms every point up again after the long generation pass
                 times[i].append(1000 * sum(timer.seconds.values()) / len(noise))
     return [float(np.median(t)) for t in times]
@@ -299,7 +301,8 @@ def sweep_grid(sweep: Sweep, points, cfg, path: Path) -> Path:
     """grid.png: source | target pose | one column per point | target, on the first GRID_PAIRS pairs,
     every column drawn from the same noise."""
     items = [sweep.dataset[i] for i in range(min(GRID_PAIRS, len(sweep.pairs)))]
-    batch = {k: torch.stack([item[k] for item in items]) for k in ("source", "target_pose", "target")}
+    batch = {k: torch.stack([item[k] for item in items])
+             for k in ("source", "target_pose", "target", "source_keypoints", "target_keypoints")}
     src, pose = batch["source"].to(sweep.device), batch["target_pose"].to(sweep.device)
     columns = []
     for method, sampling in points:
@@ -307,7 +310,8 @@ def sweep_grid(sweep: Sweep, points, cfg, path: Path) -> Path:
         torch.manual_seed(cfg.seed)
         noise = gen.noise(len(items), "cpu", torch.Generator().manual_seed(cfg.seed)).to(sweep.device)
         timer = pipeline.PhaseTimer(sweep.device)
-        columns.append(pipeline.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise)[0].cpu())
+        columns.append(pipeline.generate(gen, src, pose, sampling, timer, cfg.precision, noise=noise,
+                                         keypoints=pipeline.batch_keypoints(batch, sweep.device))[0].cpu())
     pose_rgb = batch["target_pose"][:, :3] * 2 - 1  # (B, 3, H, W): pose maps to [-1, 1] like the photos
     rows = [[batch["source"][i], pose_rgb[i], *(c[i] for c in columns), batch["target"][i]]
             for i in range(len(items))]

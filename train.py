@@ -67,14 +67,16 @@ import fusion
 import unet as unet_lib
 import vae as vae_lib
 import cli
+import couplings
+from couplings import Couplings
 from cli import option
 from guidance import INDEPENDENT_DROP, JOINT_DROP
 from scoring import RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, print_table  # the one table printer
 from distributed import (Dist, EpochBatches, FlipIndexed, check_ranks_agree, rng_states, seed_everything,
                          setup_distributed)
-from pipeline import (MODEL_PRESETS, PRECISIONS, autocast_for,
-                      build_cond, component, enlarge, frozen, load_checkpoint, load_fusion, load_vae,
-                      make_process, sample_latents, save_checkpoint, unet_config_for)
+from pipeline import (MODEL_PRESETS, PRECISIONS, autocast_for, batch_keypoints, build_cond, component, enlarge,
+                      frozen, hide_source_pose, load_checkpoint, load_fusion, load_vae, make_process,
+                      sample_latents, save_checkpoint, unet_config_for)
 
 METHODS = ("vae", "fusion", "fpdm", "rpfm", "reflow")
 FUSION_LOSSES = ("baseline", "source_enhanced")  # InfoNCE as CLIP4Cir, and FPDM's source-enhanced one
@@ -104,6 +106,9 @@ class TrainConfig:
     fusion_pretrained: str = option("", "fusion encoder weights: an open_clip tag (openai), a local "
                                        "file, or none (random init); empty: the preset's")
     source_checkpoint: str = option("", "a local timm weight file for a ViT source encoder (DINOv2)")
+    source_colours: bool | None = option(None, "also give the UNet the target pose painted in the source's "
+                                               "colours (poses.paint_source_colours); unset: the UNet preset's "
+                                               "(on in tiny and small, off in base as in the papers)")
     fusion_ckpt: str = option("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool | None = option(None, "condition on the fusion embedding; unset: fpdm yes, rpfm no "
                                            "(--no-use-fusion: FPDM's ablations B1-B3; --use-fusion on rpfm: "
@@ -114,7 +119,9 @@ class TrainConfig:
                                                  "--fusion-steps 600: at 200 the two do not yet differ)",
                              choices=(*FUSION_LOSSES, "both"))
     steps: int = option(800, "optimiser steps of the method named by --method")
-    vae_steps: int = option(500, "steps of the VAE stage when it is trained on the way")
+    # note: 1,000, not 500: at 500 the tiny VAE still turned teal tops blue, and every model inherits its
+    # colours (the autoencoder ceiling's torso r 0.88 -> 0.91, part dE 23.6 -> 19.3; RESULTS.md, "appearance")
+    vae_steps: int = option(1000, "steps of the VAE stage when it is trained on the way")
     fusion_steps: int = option(200, "steps of the fusion stage when it is trained on the way")
     batch_size: int = option(32, "images per optimiser step, summed over all processes")
     vae_batch_size: int = option(16, "images per step of the VAE stage (its convolutions run at full "
@@ -285,7 +292,8 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
     """FPDM and RPFM: the same UNet and conditions, trained by a different process."""
     seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     # sizes follow the data and the frozen stages; fusion_dim 0: RPFM has no fusion input at all
-    ucfg = unet_config_for(cfg.unet, cfg.image_size, vae, fusion_model, pose_channels, cfg.source_checkpoint)
+    ucfg = unet_config_for(cfg.unet, cfg.image_size, vae, fusion_model, pose_channels, cfg.source_checkpoint,
+                           cfg.source_colours)
     model = unet_lib.UNet(ucfg)
     process = make_process(cfg.method, dataclasses.asdict(cfg))
 
@@ -293,7 +301,8 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
         with torch.no_grad():
             # float32 even under autocast: the processes need exact noise levels (diffusion.py)
             x = vae.encode_latents(batch["target"]).float()  # (B, 4, h, w), unit variance
-        cond = build_cond(m, fusion_model, batch["source"], batch["target_pose"])
+        cond = build_cond(m, fusion_model, batch["source"], batch["target_pose"],
+                          keypoints=hide_source_pose(batch_keypoints(batch)))
         return process.loss(m, x, cond)
 
     extra = {"vae": component(vae)}
@@ -311,7 +320,7 @@ def latent_grid(process, vae, fusion_model, cfg: TrainConfig) -> Callable:
     by the EMA model at the process's release setting (or --grid-steps / --w-src / --w-fus)."""
     @torch.no_grad()
     def grid(ema, batch):
-        cond = build_cond(ema, fusion_model, batch["source"], batch["target_pose"])
+        cond = build_cond(ema, fusion_model, batch["source"], batch["target_pose"], keypoints=batch_keypoints(batch))
         b, c, h = batch["target"].shape[0], ema.config.latent_channels, ema.config.latent_size
         noise = torch.randn(b, c, h, h, device=batch["target"].device)  # (B, 4, h, w)
         z = sample_latents(process, ema, noise, cond, cfg.grid_steps, cfg.w_src, cfg.w_fus)
@@ -322,82 +331,8 @@ def latent_grid(process, vae, fusion_model, cfg: TrainConfig) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reflow: RPFM's teacher turns noise into couplings, a student learns the straight lines between
+# Reflow: RPFM's teacher turns noise into couplings (couplings.py), a student learns the straight lines
 # ----------------------------------------------------------------------------------------------
-
-class Couplings(torch.utils.data.Dataset):
-    """Item k: the (flip-indexed) training pair `index[k]`, with its noise z and the teacher's x1_hat."""
-
-    def __init__(self, pairs: FlipIndexed, state: dict):
-        self.pairs, self.index, self.noise, self.x1 = pairs, state["index"], state["noise"], state["x1"]
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, k):
-        return {**self.pairs[int(self.index[k])], "noise": self.noise[k], "x1": self.x1[k]}
-
-
-def new_couplings(cfg: TrainConfig, dataset, teacher_ckpt: dict) -> dict:
-    """The seeded plan of the couplings: which pairs (flip chosen here), which noise; x1 to fill."""
-    n, g = len(dataset), torch.Generator().manual_seed(cfg.seed)
-    count = min(cfg.reflow_pairs or n, n)
-    index = torch.randperm(n, generator=g)[:count]  # (count,) pairs
-    if cfg.flip:
-        index = index + n * (torch.rand(count, generator=g) < 0.5).long()  # >= n: mirrored (FlipIndexed)
-    c, h = teacher_ckpt["config"]["model"]["latent_channels"], teacher_ckpt["config"]["model"]["latent_size"]
-    noise = torch.randn(count, c, h, h, generator=g)  # (count, C, h, w): the z of each coupling
-    return {"method": "couplings", "index": index, "noise": noise, "x1": torch.zeros_like(noise), "done": 0,
-            "teacher": {"step": teacher_ckpt["step"], "coupling_steps": cfg.coupling_steps,
-                        "solver": flow_matching.TEACHER_SOLVER, "w": flow_matching.DEFAULT_GUIDANCE["w_src"]}}
-
-
-def get_couplings(cfg: TrainConfig, dist: Dist, dataset, teacher: nn.Module, teacher_ckpt: dict) -> dict:
-    """<out>/reflow_couplings.pt: every planned z pushed through the teacher's guided ODE, x1_hat kept.
-
-    Resumable and atomic like a checkpoint: written every few chunks and on Ctrl-C, continued from
-    `done` (the plan is seeded, so a continued file equals an uninterrupted one). Rank 0 solves;
-    the other ranks wait and read the file.
-    """
-    path = Path(cfg.out) / "reflow_couplings.pt"
-    plan = new_couplings(cfg, dataset, teacher_ckpt)
-    state = load_checkpoint(path, "couplings") if path.is_file() else plan
-    if state["teacher"] != plan["teacher"] or not torch.equal(state["index"], plan["index"]):
-        if dist.main:  # another teacher, solver or pair set: these couplings would teach the wrong thing
-            print(f"[couplings] {path} was made with {state['teacher']}, now {plan['teacher']}: solving anew")
-        state = plan
-    if dist.main and state["done"] < len(state["index"]):
-        solve_couplings(state, path, cfg, dist, dataset, teacher)
-    if dist.world > 1:
-        torch_dist.barrier()
-        state = load_checkpoint(path, "couplings")
-    if dist.main:
-        teacher_info = state["teacher"]
-        print(f"[couplings] {len(state['index'])} couplings in {path} (teacher: "
-              f"{teacher_info['solver'].capitalize()} {teacher_info['coupling_steps']} steps, w {teacher_info['w']:g})")
-    return state
-
-
-@torch.no_grad()
-def solve_couplings(state: dict, path: Path, cfg: TrainConfig, dist: Dist, dataset, teacher: nn.Module):
-    """Fill state["x1"] from state["done"] on, chunk by chunk, saving as it goes."""
-    process, pairs, chunk = flow_matching.FlowMatching(), FlipIndexed(dataset), 256
-    starts = range(state["done"], len(state["index"]), chunk)
-    print(f"[couplings] solving the teacher's ODE for {len(state['index']) - state['done']} pairs -> {path}")
-    try:
-        for i, start in enumerate(cli.progress(starts, desc="[couplings]")):
-            idx = state["index"][start:start + chunk]
-            batch = torch.utils.data.default_collate([pairs[int(k)] for k in idx])
-            cond = build_cond(teacher, None, batch["source"].to(dist.device), batch["target_pose"].to(dist.device))
-            noise = state["noise"][start:start + chunk].to(dist.device)  # (b, C, h, w)
-            x1 = flow_matching.couplings(process, teacher, noise, cond, cfg.coupling_steps)  # (b, C, h, w)
-            state["x1"][start:start + len(idx)] = x1.cpu()
-            state["done"] = start + len(idx)
-            if (i + 1) % 8 == 0:
-                save_checkpoint(path, state)
-    finally:  # Ctrl-C or a crash: the chunks solved so far are kept, the next run continues
-        save_checkpoint(path, state)
-
 
 def get_teacher(cfg: TrainConfig, dist: Dist, dataset, vae) -> tuple[nn.Module, dict]:
     """RPFM's EMA UNet from <out>/rpfm.pt (trained first, --teacher-steps steps, if missing) and its file."""
@@ -414,7 +349,7 @@ def reflow_stage(cfg: TrainConfig, vae, teacher: nn.Module, teacher_ckpt: dict, 
     process = make_process("reflow", dataclasses.asdict(cfg))
 
     def loss(m, batch):
-        cond = build_cond(m, None, batch["source"], batch["target_pose"])  # every condition kept
+        cond = build_cond(m, None, batch["source"], batch["target_pose"], keypoints=batch_keypoints(batch))  # all kept
         return process.loss(m, batch["x1"], cond, noise=batch["noise"])
 
     extra = {"vae": component(vae), "teacher": {"checkpoint": str(Path(cfg.out) / "rpfm.pt"),
@@ -426,7 +361,8 @@ def reflow_stage(cfg: TrainConfig, vae, teacher: nn.Module, teacher_ckpt: dict, 
 def run_reflow(cfg: TrainConfig, dist: Dist, dataset, vae) -> nn.Module:
     """--method reflow: the teacher (trained on the way if missing), its couplings, then the student."""
     teacher, teacher_ckpt = get_teacher(cfg, dist, dataset, vae)
-    state = get_couplings(cfg, dist, dataset, teacher, teacher_ckpt)
+    wanted = couplings.plan(dataset, teacher_ckpt, cfg.seed, cfg.reflow_pairs, cfg.flip, cfg.coupling_steps)
+    state = couplings.get_couplings(Path(cfg.out) / "reflow_couplings.pt", wanted, dist, dataset, teacher)
     stage = reflow_stage(cfg, vae, teacher, teacher_ckpt, Couplings(FlipIndexed(dataset), state))
     return run_stage(stage, cfg, dist, dataset, resume=cfg.resume)
 

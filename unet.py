@@ -10,6 +10,10 @@ from a noisy latent x_t, a time t, and three conditions:
   the CPU presets also pooled (`pool_source`) and added to the time embedding, and the conv
   encoder's tokens carry their cell's mean colour (UNetConfig.source_global / source_pixels:
   without them the tiny models drew the pose in colours unrelated to the source's);
+- in the CPU presets, the target pose painted in the source's colours (UNetConfig.source_colours,
+  poses.paint_source_colours), carried in the pose map's last 4 channels and also given at the
+  latent size beside x_t: attention must first learn WHERE in the source each part is, which 800
+  CPU steps do not teach; the painting says it from the keypoints (RESULTS.md, "appearance");
 - FPDM's global fusion embedding, passed through an MLP and added to the time embedding.
 
 The network itself is the latent-diffusion UNet: ResNet blocks that take the time (+ global)
@@ -28,8 +32,11 @@ Papers:
 
 Inputs of forward(x_t, t, pose, src_tokens, fusion):
   x_t (B, C, h, w) latents; t (B,) float in [0, 1000] (flow time x 1000, or the diffusion step);
-  pose (B, P, S, S) in [0, 1], P = 3 (the OpenPose picture) or 21 (+ 18 heatmaps). The pose
-    encoder's last conv starts at zero, so the pose adds nothing at step 0 and is learnt from there;
+  pose (B, P, S, S) in [0, 1], P = 3 (the OpenPose picture) or 21 (+ 18 heatmaps), and with
+    `source_colours` (the CPU presets) 4 more: the target pose painted in the source's colours
+    (poses.paint_source_colours; pipeline.build_cond appends them). The pose encoder's last conv
+    starts at zero, so the pose map adds nothing at step 0 and is learnt from there (the painted
+    colours also enter conv_in at the latent size, and count from the start);
   src_tokens (B, N, D) from `encode_source(source)`, computed once per source image;
   fusion (B, F); with fusion_dim = 0 the UNet has no fusion input at all (RPFM). train.py and
     pipeline.py set fusion_dim to the fusion model's embed_dim (0 without a fusion model).
@@ -75,6 +82,7 @@ from einops import rearrange
 from torch import nn
 
 from cli import option, parse_config, resolve_config
+from poses import SOURCE_COLOUR_CHANNELS
 from vae import Upsample  # the same block as the VAE's; vae.py imports nothing of unet.py
 
 
@@ -107,6 +115,8 @@ class UNetConfig:
     source_global: bool = False          # also add the pooled source tokens to the time embedding (AdaGN);
                                          # on in the CPU presets, where cross-attention alone lost the look
     source_queries: int = 4              # source_global: the tokens are pooled by this many learned queries
+    source_colours: bool = False         # the pose map also carries the target pose painted in the
+                                         # source's colours (poses.paint_source_colours, 4 more channels)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -114,6 +124,11 @@ class UNetConfig:
         for name in ("channel_mult", "attention_levels", "pose_widths", "source_widths"):
             setattr(self, name, tuple(getattr(self, name)))
         self._validate()
+
+    @property
+    def pose_input_channels(self) -> int:
+        """Channels of the `pose` the forward takes: the pose map's, plus the painted source colours."""
+        return self.pose_channels + (SOURCE_COLOUR_CHANNELS if self.source_colours else 0)
 
     def _validate(self):
         steps = len(self.pose_widths) - 1
@@ -147,13 +162,13 @@ PRESETS = {
         image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
         channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
         pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
-        source_global=True),
+        source_global=True, source_colours=True),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.
     "small": UNetConfig(
         image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,
         channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), head_dim=32, ff_mult=4,
         pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128), min_group_width=4,
-        source_pixels=True, source_global=True),
+        source_pixels=True, source_global=True, source_colours=True),
     # 256 px on one GPU, latent 32x32x4 (SD VAE, downsample 8), SD-like widths 320/640/1280/1280,
     # attention at the three finest levels like SD; source tokens from DINOv2 ViT-B/14 at 224 px
     # (16 x 16 patches + 1 class token = 257 tokens), random init unless source_pretrained.
@@ -514,8 +529,11 @@ class UNet(nn.Module):
             self.source_mlp = nn.Sequential(nn.Linear(k * d, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             self.source_queries = nn.Parameter(torch.randn(k, d) * 0.02)  # (K, D), small: uniform attention at init
         self.num_source_tokens = self.source_encoder.num_tokens
-        self.pose_encoder = PoseEncoder(cfg.pose_channels, cfg.pose_widths, mc)
-        self.conv_in = nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)
+        self.pose_encoder = PoseEncoder(cfg.pose_input_channels, cfg.pose_widths, mc)
+        # with source_colours the painted colours also enter at the latent size, beside x_t (as SD's
+        # inpainting UNet takes its masked image): a colour needs no strided convs to reach its place
+        colour_in = SOURCE_COLOUR_CHANNELS if cfg.source_colours else 0
+        self.conv_in = nn.Conv2d(cfg.latent_channels + colour_in, mc, 3, padding=1)
         self.down, skip_channels = self._build_down(emb_dim)
         ch = skip_channels[-1]
         # the middle always attends: at the coarsest level every position sees the whole body
@@ -566,7 +584,7 @@ class UNet(nn.Module):
         cfg, b = self.config, x_t.shape[0]
         kw = dict(device=x_t.device, dtype=x_t.dtype)
         if pose is None:
-            pose = torch.zeros(b, cfg.pose_channels, cfg.image_size, cfg.image_size, **kw)
+            pose = torch.zeros(b, cfg.pose_input_channels, cfg.image_size, cfg.image_size, **kw)
         if src_tokens is None:
             src_tokens = torch.zeros(b, self.num_source_tokens, cfg.context_dim, **kw)
         if fusion is None and cfg.fusion_dim > 0:
@@ -580,7 +598,7 @@ class UNet(nn.Module):
         # shape checks only (static under torch.compile): a clear message beats a conv error
         cfg = self.config
         want = {"x_t": (cfg.latent_channels, cfg.latent_size, cfg.latent_size),
-                "pose": (cfg.pose_channels, cfg.image_size, cfg.image_size)}
+                "pose": (cfg.pose_input_channels, cfg.image_size, cfg.image_size)}
         for name, tensor in (("x_t", x_t), ("pose", pose)):
             if tuple(tensor.shape[1:]) != want[name]:
                 expected = ", ".join(map(str, want[name]))
@@ -609,7 +627,11 @@ class UNet(nn.Module):
             # A dropped source (zero tokens) pools to zero, so guidance's "no source" branch stays
             # one fixed input.
             emb = emb + self.source_mlp(self.pool_source(src_tokens))  # (B, E)
-        h = self.conv_in(x_t) + self.pose_encoder(pose)  # (B, mc, h, w): the pose enters here, as in FPDM
+        x_in = x_t
+        if self.config.source_colours:
+            painted = F.adaptive_avg_pool2d(pose[:, -SOURCE_COLOUR_CHANNELS:], x_t.shape[-2:])  # (B, 4, h, w)
+            x_in = torch.cat([x_t, painted.to(x_t.dtype)], dim=1)  # (B, C + 4, h, w)
+        h = self.conv_in(x_in) + self.pose_encoder(pose)  # (B, mc, h, w): the pose enters here, as in FPDM
         skips = [h]
         for block in self.down:
             h = block(h, emb, src_tokens)  # (B, C_level, h', w'), or (B, C, h'/2, w'/2) after a Downsample
@@ -644,7 +666,7 @@ class UNet(nn.Module):
         return {
             "x_t": torch.randn(b, cfg.latent_channels, h, h, device=device),
             "t": torch.rand(b, device=device) * 1000,
-            "pose": torch.rand(b, cfg.pose_channels, s, s, device=device),
+            "pose": torch.rand(b, cfg.pose_input_channels, s, s, device=device),
             "src_tokens": torch.randn(b, self.num_source_tokens, cfg.context_dim, device=device),
             "fusion": fusion,
         }

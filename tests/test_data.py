@@ -173,6 +173,43 @@ def test_flip_swaps_left_and_right():
     assert poses.LIMBS[4] == (5, 6) and tuple(flipped[60, 127 - 60]) == poses.POSE_COLORS[4]  # ...as a left arm
 
 
+def _standing(size=32, dx=0.0):
+    """A complete COCO-18 pose standing in a size x size frame, shifted dx pixels to the right."""
+    kp = np.array([[16, 4], [16, 8], [12, 8], [11, 13], [10, 17], [20, 8], [21, 13], [22, 17], [13, 18],
+                   [13, 24], [13, 30], [19, 18], [19, 24], [19, 30], [15, 3], [17, 3], [14, 3], [18, 3]], np.float32)
+    return torch.from_numpy(kp + np.float32([dx, 0]))
+
+
+def test_paint_source_colours_moves_each_part_colour_to_the_target_pose():
+    """Closed form: a source whose torso is red and everything else blue; in a target pose 6 px to the
+    right the torso is painted exactly red, where the source's torso never was."""
+    src_kp, tgt_kp = _standing()[None], _standing(dx=6)[None]  # (1, 18, 2) each
+    torso = poses.part_masks(src_kp, 32)[0, 4]  # (S, S) the source's torso, after the 4 trunk bones
+    source = torch.tensor([-1.0, -1.0, 1.0]).view(3, 1, 1).repeat(1, 32, 32)  # blue in [-1, 1]
+    source[:, torso] = torch.tensor([1.0, -1.0, -1.0])[:, None]  # a red torso
+    painted = poses.paint_source_colours(source[None], src_kp, tgt_kp)[0]  # (4, S, S)
+    centre = painted[:, 12:15, 21:24].flatten(1)  # the target's torso centre, (22, 13), not in the source's torso
+    assert not torso[12:15, 21:24].any()
+    assert torch.allclose(centre[:3], torch.tensor([1.0, 0, 0])[:, None]) and centre[3].eq(1).all()  # red
+    assert painted[0, 13, 16] < 0.5  # the source's torso centre lies on the target's right arm: not red
+    assert painted[:, :, :2].eq(0).all()  # far left: nothing painted
+    # the same pose and a flat source: its colour comes back wherever something is painted
+    flat = torch.full((1, 3, 32, 32), 0.2)
+    same = poses.paint_source_colours(flat, src_kp, src_kp)[0]  # (4, S, S)
+    assert torch.allclose(same[:3, same[3] > 0], torch.tensor(0.6)) and same[3].sum() > 100
+
+
+def test_paint_source_colours_skips_what_either_pose_lacks():
+    kp = _standing()[None]
+    no_source = torch.full_like(kp, poses.MISSING)
+    assert poses.paint_source_colours(torch.zeros(1, 3, 32, 32), no_source, kp).eq(0).all()
+    no_arm = kp.clone()
+    no_arm[0, 4] = poses.MISSING  # the right wrist: the right forearm has no colour to carry
+    with_arm = poses.paint_source_colours(torch.zeros(1, 3, 32, 32), kp, kp)[0, 3]
+    without = poses.paint_source_colours(torch.zeros(1, 3, 32, 32), no_arm, kp)[0, 3]
+    assert with_arm[16, 10] == 1 and without[16, 10] == 0 and without.sum() < with_arm.sum()
+
+
 def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
     ds = data.PairDataset(tiny_root, "train", 32, flip=True, verbose=False)
     plain, flipped = ds.load_item(0, flipped=False), ds.load_item(0, flipped=True)

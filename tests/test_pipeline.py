@@ -189,3 +189,21 @@ def test_progress_writes_a_few_whole_lines_when_not_a_terminal(capsys):
     for _ in cli.progress(range(1000), desc="[test] quick"):  # seconds, not minutes: first and last line
         pass
     assert [line.split(":")[1].split()[0] for line in capsys.readouterr().err.splitlines()] == ["0/1000", "1000/1000"]
+
+
+def test_build_cond_paints_the_source_colours_into_the_pose_and_needs_keypoints():
+    import unet
+    model = unet.UNet("tiny").eval()
+    source, pose = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64)
+    kp = torch.rand(2, 18, 2) * 63
+    with pytest.raises(ValueError) as e:
+        pipeline.build_cond(model, None, source, pose)
+    assert "keypoints" in one_line(e)
+    cond = pipeline.build_cond(model, None, source, pose, keypoints=(kp, kp))
+    assert cond["pose"].shape == (2, 3 + 4, 64, 64) and torch.equal(cond["pose"][:, :3], pose)
+    assert model(torch.randn(2, 4, 16, 16), torch.rand(2) * 1000, **cond).shape == (2, 4, 16, 16)
+    # a hidden source pose paints nothing: what an uploaded photo (no keypoints) gets
+    hidden = pipeline.hide_source_pose((kp, kp), p=1.0)
+    assert torch.equal(hidden[1], kp) and hidden[0].eq(-1).all()
+    assert pipeline.build_cond(model, None, source, pose, keypoints=hidden)["pose"][:, 3:].eq(0).all()
+    assert torch.equal(pipeline.hide_source_pose((kp, kp), p=0.0)[0], kp)

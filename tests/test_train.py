@@ -88,7 +88,7 @@ def test_rpfm_with_use_fusion_conditions_on_the_fusion_embedding(fpdm_run, tiny_
     assert "fusion" in ckpt and ckpt["config"]["model"]["fusion_dim"] > 0
     gen = pipeline.Generator.from_checkpoint(tmp_path / "rpfm.pt")
     assert gen.fusion is not None and pipeline.build_cond(gen.unet, gen.fusion, *[torch.zeros(
-        1, 3, 32, 32)] * 2).keys() == {"pose", "src_tokens", "fusion"}
+        1, 3, 32, 32)] * 2, keypoints=(torch.zeros(1, 18, 2),) * 2).keys() == {"pose", "src_tokens", "fusion"}
 
 
 def test_evaluate_scores_retrieval_of_a_fusion_checkpoint(fpdm_run, tiny_root, tmp_path):
@@ -267,7 +267,8 @@ def test_reflow_end_to_end_couplings_are_the_teachers_samples(fpdm_run, tiny_roo
     gen = pipeline.Generator.from_checkpoint(tmp_path / "rpfm.pt")  # the teacher's EMA weights
     pairs = distributed.FlipIndexed(data.PairDataset(tiny_root, "train", 32))
     batch = torch.utils.data.default_collate([pairs[int(k)] for k in state["index"]])
-    cond = pipeline.build_cond(gen.unet, None, batch["source"], batch["target_pose"])
+    cond = pipeline.build_cond(gen.unet, None, batch["source"], batch["target_pose"],
+                               keypoints=pipeline.batch_keypoints(batch))
     expected = train.flow_matching.couplings(gen.process, gen.unet, state["noise"], cond, steps=3)
     assert torch.allclose(state["x1"], expected, atol=1e-5)
     # resumable: a file cut off after 2 couplings is completed to the same values

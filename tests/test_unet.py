@@ -77,7 +77,8 @@ def test_example_inputs_are_valid():
     assert set(inputs) == {"x_t", "t", "pose", "src_tokens", "fusion"}
     assert inputs["t"].shape == (3,) and 0 <= inputs["t"].min() and inputs["t"].max() <= 1000
     assert 0 <= inputs["pose"].min() and inputs["pose"].max() <= 1
-    assert inputs["pose"].shape == (3, 3, 64, 64) and inputs["fusion"].shape == (3, 128)
+    # the tiny preset's pose input: the 3-channel skeleton + the 4 channels of the painted source colours
+    assert inputs["pose"].shape == (3, 3 + 4, 64, 64) and inputs["fusion"].shape == (3, 128)
     assert torch.allclose(inputs["fusion"].norm(dim=-1), torch.ones(3))  # unit-norm like fusion.py
     assert model(**inputs).shape == inputs["x_t"].shape
 
@@ -85,7 +86,10 @@ def test_example_inputs_are_valid():
 def test_zero_initialised_pose_branch_is_ignored_at_init_then_learns():
     model = _wake(_tiny(), keep_zero=("pose_encoder.out",))
     inputs = model.example_inputs(batch_size=2)
-    no_pose = dict(inputs, pose=torch.zeros_like(inputs["pose"]))
+    # the pose map's channels only: the painted source colours (the last 4) also reach conv_in directly
+    pose_map = model.config.pose_channels
+    no_pose = dict(inputs, pose=torch.cat([torch.zeros_like(inputs["pose"][:, :pose_map]),
+                                           inputs["pose"][:, pose_map:]], dim=1))
     with torch.no_grad():
         # identical, not merely close: the zero conv adds exact zeros to the first feature map
         assert torch.equal(model(**inputs), model(**no_pose))
