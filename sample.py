@@ -99,7 +99,8 @@ class SampleConfig:
     video: str = option("", "video mode: generate a test video of a sign dataset from its first frame ('first': "
                             "the first; else its name), beside the ground truth; --ckpt may list several "
                             "PATH[@STEPS], comma-separated")
-    source: str = option("", "streaming: one source photo")
+    source: str = option("", "streaming: one source photo (its pose is unknown, so nothing is painted in its "
+                                "colours: the look comes from the source tokens alone)")
     poses: str = option("", "streaming: CSV, one frame a row of 36 numbers x0,y0,...,x17,y17 "
                             "(256x176 frame, -1 or empty missing; an optional '# fps=N' line)")
     pose_frame: str = option("256x176", "streaming: HxW frame of the keypoints in --poses")

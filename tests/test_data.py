@@ -184,7 +184,7 @@ def test_paint_source_colours_moves_each_part_colour_to_the_target_pose():
     """Closed form: a source whose torso is red and everything else blue; in a target pose 6 px to the
     right the torso is painted exactly red, where the source's torso never was."""
     src_kp, tgt_kp = _standing()[None], _standing(dx=6)[None]  # (1, 18, 2) each
-    torso = poses.part_masks(src_kp, 32)[0, 4]  # (S, S) the source's torso, after the 4 trunk bones
+    torso = poses.paint_masks(src_kp, 32)[0, 4]  # (S, S) the source's torso, after the 4 trunk bones
     source = torch.tensor([-1.0, -1.0, 1.0]).view(3, 1, 1).repeat(1, 32, 32)  # blue in [-1, 1]
     source[:, torso] = torch.tensor([1.0, -1.0, -1.0])[:, None]  # a red torso
     painted = poses.paint_source_colours(source[None], src_kp, tgt_kp)[0]  # (4, S, S)
