@@ -235,6 +235,11 @@ class PairDataset(Dataset):
                 im = im.convert("RGB")
         except OSError as err:
             raise DataError(f"{path}: cannot read image ({err})") from None
+        return self.image_tensor(im, flipped)
+
+    def image_tensor(self, im: Image.Image, flipped: bool = False) -> torch.Tensor:
+        """A PIL RGB photo -> (3, S, S) in [-1, 1], cropped and resized as every file is."""
+        size = self.image_size
         if im.width == im.height and self.frame == FRAME:  # a padded 256x256 DeepFashion copy:
             # keep the 176/256 wide person crop
             keep = round(im.width * FRAME[1] / FRAME[0])

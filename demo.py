@@ -1,7 +1,7 @@
 """The live demo: drag a person's joints in a browser page and watch the generated person follow.
 
-RPFM's reason to exist is real time. This script serves one local page (plain HTML/JS, nothing fetched
-from the internet) with the source photo, the target pose's skeleton whose joints you drag, and the
+RPFM's reason to exist is real time. This script serves one local page (demo.html: plain HTML/JS, nothing
+fetched from the internet) with the source photo, the target pose's skeleton whose joints you drag, and the
 person generated in that pose, redrawn while you drag. The page chooses the method and step count
 (RPFM's reflow student at 1-2 steps, RPFM Euler k, FPDM DDPM 20 and DDIM k), plays pose sequences at
 their own frame rate (a CSV you give, or a built-in test sequence) and shows frames per second and the
@@ -403,6 +403,16 @@ class Session:
             pass  # the tab went away; run() ends this session
 
 
+PAGE = Path(__file__).with_name("demo.html")  # the page: plain HTML and JavaScript, nothing fetched elsewhere
+
+
+def read_page() -> bytes:
+    try:
+        return PAGE.read_bytes()
+    except OSError as err:
+        raise FileNotFoundError(f"{PAGE}: the demo's page is missing ({err.strerror}); it ships beside demo.py") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # The server: the page over HTTP, a Session per WebSocket, one generation thread for all
 # ----------------------------------------------------------------------------------------------
@@ -420,6 +430,7 @@ class Server:
         # one thread: torch already uses the cores it is given; two frames at once would only split them
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self.sessions, self.opened = {}, 0
+        self.page = read_page()
 
     def keypoints(self, joints, where: str) -> np.ndarray:
         return keypoints_from_json(joints, where, self.frame, len(self.layout.joint_names))
@@ -439,7 +450,7 @@ class Server:
         if request.path == "/ws":
             return None  # go on with the WebSocket handshake
         if request.path.split("?")[0] in ("/", "/index.html"):
-            body = PAGE.encode()
+            body = self.page
             headers = Headers([("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
                                ("Cache-Control", "no-store")])
             return Response(HTTPStatus.OK, "OK", headers, body)
@@ -517,227 +528,6 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("demo.py: stopped")
-
-
-# ----------------------------------------------------------------------------------------------
-# The page: plain HTML and JavaScript, nothing fetched from elsewhere
-# ----------------------------------------------------------------------------------------------
-
-PAGE = r"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Live pose-guided person synthesis</title>
-<style>
- body { font: 14px sans-serif; margin: 16px; background: #fafafa; }
- .row { display: flex; gap: 16px; }
- figure { margin: 0; text-align: center; }
- img, canvas { width: 176px; height: 256px; background: #000; image-rendering: pixelated; border: 1px solid #888; }
- canvas { cursor: crosshair; }
- .controls, .stats, #sequence, #message { margin-top: 10px; }
- .stats b { display: inline-block; min-width: 3em; }
- #message.error { color: #b00; font-weight: bold; } #message.ok { color: #070; }
-</style></head><body>
-<h2>Drag a joint: the person follows</h2>
-<div class="row">
- <figure><img id="source" alt="source"><figcaption>source</figcaption></figure>
- <figure><canvas id="pose" width="176" height="256"></canvas><figcaption>target pose (drag the joints)</figcaption></figure>
- <figure><img id="generated" alt="generated"><figcaption id="label">generated</figcaption></figure>
-</div>
-<div class="controls">
- <label>source <select id="test"></select></label>
- <label>or upload a photo <input type="file" id="upload" accept="image/*"></label><br>
- <label>method <select id="mode"></select></label>
- <label>steps <input id="steps" type="number" min="1" max="50" style="width: 4em"></label><br>
- <button id="builtin">play the test sequence</button>
- <label>or a pose CSV <input type="file" id="csv" accept=".csv,text/csv,text/plain"></label>
- <label>at <input id="seqfps" type="number" value="10" min="1" max="100" style="width: 4em"> frames/s
-  (unless it has a '# fps=N' line)</label>
- <button id="speed">speed test</button>
-</div>
-<div class="stats">frames/s <b id="fps">0</b> | ms per frame: network <b id="ms-network">-</b>
- decoding <b id="ms-decode">-</b> transfer <b id="ms-transfer">-</b> | frames <b id="frames">0</b>
- | dropped <b id="dropped">0</b></div>
-<div id="sequence"></div>
-<div id="message"></div>
-<script>
-"use strict";
-const $ = id => document.getElementById(id);
-const demo = {frames: 0, seq: 0, sent: {}, times: [], kp: null, cfg: null, drag: -1, ws: null,
-              lastImage: null, playing: false, playback: null, speed: null, speedResult: null, errors: []};
-window.demo = demo;
-const canvas = $("pose"), ctx = canvas.getContext("2d");
-
-function connect() {
-  const ws = new WebSocket(`ws://${location.host}/ws`);
-  demo.ws = ws;
-  ws.onmessage = e => receive(JSON.parse(e.data));
-  ws.onclose = () => { say("connection to the server lost; reconnecting ..."); setTimeout(connect, 1000); };
-}
-function send(msg) { if (demo.ws && demo.ws.readyState === 1) demo.ws.send(JSON.stringify(msg)); }
-function say(text, ok) {
-  $("message").textContent = text; $("message").className = ok ? "ok" : "error";
-  if (!ok) demo.errors.push(text);
-}
-function receive(m) {
-  if (m.type === "hello") hello(m);
-  else if (m.type === "frame") frame(m);
-  else if (m.type === "sequence") play(m.frames, m.fps || Number($("seqfps").value), m.name);
-  else if (m.type === "error") say(m.message);
-  else if (m.type === "ready") say(m.message, true);
-}
-
-function hello(m) {
-  demo.cfg = m;
-  const [H, W] = m.frame;  // the canvas is the keypoints' frame, shown 256 px high
-  canvas.width = W; canvas.height = H; canvas.style.width = `${Math.round(256 * W / H)}px`;
-  for (const id of ["source", "generated"]) $(id).style.width = canvas.style.width;
-  $("test").innerHTML = m.sources.map((s, i) => `<option value="${i}">${i}: ${s.name}</option>`).join("");
-  $("mode").innerHTML = m.modes.map(x => `<option value="${x.id}">${x.label}</option>`).join("");
-  $("source").src = m.sources[0].image;
-  $("steps").value = m.modes[0].steps; $("steps").max = m.modes[0].max_steps;
-  demo.kp = m.sources[0].pose; draw(); sendPose();
-}
-function settings() {
-  $("sequence").textContent = "";  // a speed test's line belongs to the setting it measured
-  send({type: "settings", mode: $("mode").value, steps: Number($("steps").value)});
-}
-$("mode").onchange = () => {
-  const mode = demo.cfg.modes.find(x => x.id === $("mode").value);
-  $("steps").value = mode.steps; $("steps").max = mode.max_steps; settings();
-};
-$("steps").onchange = settings;
-$("test").onchange = () => {
-  const s = demo.cfg.sources[Number($("test").value)];
-  $("source").src = s.image; demo.kp = s.pose; draw();
-  send({type: "source", test: Number($("test").value)}); sendPose();
-};
-function tooBig(file) {
-  if (file.size <= demo.cfg.max_upload_mb * 1048576) return false;
-  say(`upload '${file.name}': ${(file.size / 1048576).toFixed(1)} MB, the limit is ${demo.cfg.max_upload_mb} MB`);
-  return true;
-}
-$("upload").onchange = () => {
-  const file = $("upload").files[0]; if (!file || tooBig(file)) return;
-  const reader = new FileReader();
-  reader.onload = () => { $("source").src = reader.result; send({type: "source", upload: reader.result, name: file.name}); };
-  reader.readAsDataURL(file); $("upload").value = "";
-};
-$("csv").onchange = () => {
-  const file = $("csv").files[0]; if (!file || tooBig(file)) return;
-  file.text().then(text => send({type: "sequence", csv: text, name: file.name})); $("csv").value = "";
-};
-$("builtin").onclick = () => play(demo.cfg.builtin.frames, demo.cfg.builtin.fps, demo.cfg.builtin.name);
-$("speed").onclick = () => speedTest(100);
-
-function draw() {
-  const c = demo.cfg, [H, W] = c.frame, kp = demo.kp, hex = c => `rgb(${c[0]},${c[1]},${c[2]})`;
-  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, W, H);
-  c.limbs.forEach(([a, b], i) => {
-    if (!kp[a] || !kp[b]) return;
-    ctx.strokeStyle = hex(c.limb_colors[i]); ctx.lineWidth = Math.max(1, c.limb_widths[i] * H); ctx.beginPath();
-    ctx.moveTo(kp[a][0], kp[a][1]); ctx.lineTo(kp[b][0], kp[b][1]); ctx.stroke();
-  });
-  kp.forEach((p, j) => {  // a finger joint has no colour of its own: a small grey handle
-    if (!p) return;
-    const colour = c.joint_colors[j], r = (colour ? 5 : 2) * H / 256;
-    ctx.fillStyle = colour ? hex(colour) : "#ccc"; ctx.beginPath(); ctx.arc(p[0], p[1], r, 0, 2 * Math.PI); ctx.fill();
-  });
-}
-function sendPose() {
-  demo.seq += 1; demo.sent[demo.seq] = performance.now();
-  send({type: "pose", seq: demo.seq, keypoints: demo.kp});
-}
-function at(e) {  // the mouse in the keypoints' frame, clamped onto it: a joint dragged outside stays on the edge
-  const r = canvas.getBoundingClientRect(), [H, W] = demo.cfg.frame;
-  const x = (e.clientX - r.left) * W / r.width, y = (e.clientY - r.top) * H / r.height;
-  return [Math.min(W - 1, Math.max(0, x)), Math.min(H - 1, Math.max(0, y))];
-}
-canvas.onmousedown = e => {
-  const p = at(e); let best = -1, near = 15 * demo.cfg.frame[0] / 256;
-  demo.kp.forEach((q, i) => { if (q && Math.hypot(q[0] - p[0], q[1] - p[1]) < near) { near = Math.hypot(q[0] - p[0], q[1] - p[1]); best = i; } });
-  demo.drag = best;
-};
-window.onmousemove = e => {
-  if (demo.drag < 0) return;
-  const p = at(e), old = demo.kp[demo.drag], hand = demo.cfg.hands[demo.drag] || [];
-  hand.forEach(i => { if (demo.kp[i]) demo.kp[i] = [demo.kp[i][0] + p[0] - old[0], demo.kp[i][1] + p[1] - old[1]]; });
-  demo.kp[demo.drag] = p; draw(); sendPose();  // a hand dragged by its wrist keeps its shape
-};
-window.onmouseup = () => { demo.drag = -1; };
-
-function frame(m) {
-  const now = performance.now(), sent = demo.sent[m.seq];
-  $("generated").src = m.image; $("label").textContent = `generated: ${m.label}`;
-  demo.lastImage = m.image; demo.frames += 1; demo.lastSeq = m.seq; demo.times.push(now);
-  for (const s in demo.sent) if (Number(s) <= m.seq) delete demo.sent[s];
-  const server = m.ms.pose + m.ms.network + m.ms.decode + m.ms.encode;
-  $("ms-network").textContent = (m.ms.pose + m.ms.network).toFixed(1);
-  $("ms-decode").textContent = m.ms.decode.toFixed(1);
-  // transfer: the round trip less the server's work and its wait (behind an earlier frame)
-  if (sent !== undefined) $("ms-transfer").textContent = Math.max(0, now - sent - server - m.ms.wait).toFixed(1);
-  $("frames").textContent = demo.frames; $("dropped").textContent = m.dropped;
-  if (demo.playback && m.seq >= demo.playback.firstSeq) playbackFrame(m);
-  if (demo.speed) speedFrame(m, now);
-}
-function fps() {  // frames after the first over the time between them, in the last 2 s (as the server counts)
-  const now = performance.now();
-  demo.times = demo.times.filter(t => now - t < 2000);
-  const t = demo.times, value = t.length > 1 ? (t.length - 1) * 1000 / (t[t.length - 1] - t[0]) : 0;
-  demo.fps = value; $("fps").textContent = value.toFixed(1);
-}
-setInterval(fps, 250);
-
-function play(frames, rate, name) {  // at the sequence's own rate: the pose due now, never a late one
-  if (demo.speed || demo.playing) return;
-  clearInterval(demo.timer);
-  const start = performance.now(); let due = -1;
-  demo.playing = true;
-  demo.playback = {name, n: frames.length, fps: rate, firstSeq: demo.seq + 1, lastSeq: null, shown: 0};
-  $("sequence").textContent = `playing ${name}: ${frames.length} poses at ${rate} frames/s ...`;
-  demo.timer = setInterval(() => {
-    const i = Math.floor((performance.now() - start) * rate / 1000);
-    if (i >= frames.length) {  // the last pose was sent (or is overdue): wait for its frame
-      clearInterval(demo.timer); demo.playback.lastSeq = demo.seq;
-      if (demo.lastSeq >= demo.seq) finishPlayback();
-      return;
-    }
-    if (i !== due) { due = i; demo.kp = frames[i].map(p => p && p.slice()); draw(); sendPose(); }
-  }, 4);
-}
-function playbackFrame(m) {
-  demo.playback.shown += 1;
-  if (demo.playback.lastSeq !== null && m.seq >= demo.playback.lastSeq) finishPlayback();
-}
-function finishPlayback() {
-  const p = demo.playback;
-  $("sequence").textContent = `played ${p.name}: ${p.n} poses at ${p.fps} frames/s, ${p.shown} frames shown, ` +
-    `${p.n - p.shown} dropped (the pose due was drawn, never a late one)`;
-  demo.playing = false; demo.playback = null; demo.played = p;
-}
-function speedTest(n) {  // as fast as the server draws: two poses in flight, so it never waits for the page
-  if (demo.speed || demo.playing) return;
-  const frames = demo.cfg.builtin.frames;
-  demo.speed = {n, sentCount: 0, got: 0, first: null, frames};
-  demo.speedResult = null;
-  for (let k = 0; k < 2; k++) speedSend();
-}
-function speedSend() {
-  const s = demo.speed; demo.kp = s.frames[s.sentCount % s.frames.length].map(p => p && p.slice());
-  s.sentCount += 1; draw(); sendPose();
-}
-function speedFrame(m, now) {
-  const s = demo.speed; s.got += 1;
-  if (s.first === null) s.first = now;
-  if (s.sentCount < s.n) speedSend();
-  else if (s.got >= s.n || m.seq === demo.seq) {
-    const value = (s.got - 1) * 1000 / (now - s.first);
-    demo.speedResult = {frames: s.got, seconds: (now - s.first) / 1000, fps: value, label: m.label};
-    $("sequence").textContent = `speed test: ${s.got} frames in ${((now - s.first) / 1000).toFixed(2)} s = ` +
-      `${value.toFixed(1)} frames/s (${m.label}, decoding and transfer included)`;
-    demo.speed = null;
-  }
-}
-connect();
-</script></body></html>
-"""
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ from data import FRAME, PairDataset
 from guidance import guided_output
 from metrics import Metrics, build_metrics, frechet_distance, psnr, ssim  # noqa: F401 (DESIGN's public names)
 from pipeline import Generator, Sampling
-from scoring import (CEILING_ROW, NAME_SEPARATOR, RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, match_files, print_table,
-                     reference_stats, score_baselines, score_ceiling, score_pairs, score_sensitivity, videos_of)
+from scoring import (CEILING_ROW, NAME_SEPARATOR, RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, add_swap_truth, match_files,
+                     print_table, reference_stats, score_baselines, score_ceiling, score_pairs, score_sensitivity,
+                     videos_of)
 from sweep import DEFAULT_REFLOW_CKPT, run_sweep
 from unet import timestep_embedding
 
@@ -333,6 +334,7 @@ def score_plan(plan: Plan, cfg: EvalConfig, metrics: Metrics, ref_stats) -> dict
     if gen is not None:
         rows[CEILING_ROW] = score_ceiling(gen.vae, dataset, plan.baseline_pairs, metrics, plan.size,
                                           cfg.batch_size, metrics.device)
+        add_swap_truth(rows, gen.vae, dataset, cfg.sens_pairs, metrics.device)
     return rows
 
 

@@ -216,7 +216,8 @@ def autocast_for(precision: str, device: torch.device):
 # ----------------------------------------------------------------------------------------------
 
 def make_process(method: str, settings: dict):
-    """FPDM's diffusion or RPFM's flow matching: the only line where the two papers differ.
+    """FPDM's diffusion or RPFM's flow matching: where the process is chosen. The other differences
+    (FPDM's fusion stage and input, its prediction target and offset noise) are in the README's table.
 
     settings: train.py's settings as a dict (a checkpoint's config["train"] or asdict(TrainConfig));
     unknown keys are ignored, missing ones take PROCESS_SETTINGS' defaults.

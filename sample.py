@@ -4,8 +4,10 @@ A trained FPDM, RPFM or reflow-student checkpoint (written by train.py; it carri
 FPDM, its fusion model) draws the person of each source image in each target pose. Generation has
 three parts, timed separately because they scale differently:
 
-  1. source encoding: the source tokens (and FPDM's fusion embedding), once per source;
-  2. the sampling loop: steps x guidance branches evaluations of the UNet (the NFE);
+  1. source encoding: the source tokens (and FPDM's fusion embedding), and on the CPU presets the
+     pose painted in the source's colours; for every pair here (streaming encodes a source once);
+  2. the sampling loop: steps x evaluations per step (1 for Euler and DDPM/DDIM, 2 for midpoint and
+     Heun) x guidance branches evaluations of the UNet (the NFE);
   3. VAE decoding of the final latent.
 
 Timing is honest: warm-up batches are excluded, CUDA is synchronised before every clock read,
@@ -145,7 +147,8 @@ def print_timing(rows: list[dict]):
 # ----------------------------------------------------------------------------------------------
 
 def find_checkpoint(cfg: SampleConfig) -> str:
-    """--ckpt, or the newest finished fpdm/rpfm checkpoint that `python train.py` left in runs/<preset>/."""
+    """--ckpt, or the newest finished fpdm / rpfm / reflow checkpoint that `python train.py` left in
+    runs/<preset>/ (so pass --ckpt to choose one method)."""
     if cfg.ckpt:
         return cfg.ckpt
     folder = Path(cfg.runs) / cfg.preset

@@ -10,7 +10,9 @@ code on the same pairs:
 - "copy the source image" (right person and clothes, wrong pose) and "the mean training image";
 - for the colours, "ignore the source" (each part the training targets' mean colour) and "the
   source's own colour" (each part read from the source photo, what a model could copy);
-- the ceiling: the VAE's own reconstruction of the targets, what the latent space allows.
+- the ceiling: the VAE's own reconstruction of the targets, what the latent space allows; on the
+  built-in benchmark also for the source sensitivity, whose truth (the swapped source's person drawn
+  in the target pose) the benchmark can draw (`drawn_swap`).
 
 Files are matched by name, the way sample.py writes them: the generated `{source_stem}___{target_stem}.png`
 matches the real image whose stem is `target_stem`; a name without `___` matches by its own stem.
@@ -22,6 +24,8 @@ Shape letters: B batch, H W height width (the evaluation size), S the training s
 """
 from __future__ import annotations
 
+import io
+import json
 import math
 from pathlib import Path
 
@@ -354,6 +358,66 @@ def score_sensitivity(gen: Generator, dataset: PairDataset, sampling: Sampling, 
     return appearance.source_sensitivity(generate, source, pose, source_kp)
 
 
+# ----------------------------------------------------------------------------- the swap's truth
+
+TRUTH_ROW = "the truth: the swapped source's person drawn in the pose"
+
+
+def drawn_swap(dataset: PairDataset, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """What a perfect model draws in score_sensitivity's swap, on the built-in DeepFashion benchmark.
+
+    Pair i's source is swapped for pair swap_order(n)[i]'s; the right answer is pair i's target pose
+    in the swapped source's look, drawn as the benchmark drew its photos (persons.draw_person, same
+    seed and file format). Returns (sources, targets, swapped truths), each (n, 3, S, S) in [-1, 1]
+    at the training size; None for photos or the signer benchmark, whose swapped truth nobody drew.
+    """
+    meta_file = Path(dataset.root) / "benchmark.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if "annotations" not in meta:  # only the DeepFashion benchmark records its annotations
+        return None
+    import persons
+    from deepfashion import item_id
+    items = [dataset.pairs[i] for i in range(min(n, len(dataset)))]
+    order = appearance.swap_order(len(items))
+
+    def drawn(keypoints, item: str) -> torch.Tensor:
+        buffer = io.BytesIO()  # through the file format, as the benchmark's own files went
+        persons.draw_person(keypoints, persons.sample_appearance(item, meta["seed"]), meta["size"]).save(
+            buffer, Image.registered_extensions()[Path(items[0][1]).suffix.lower()], quality=95)
+        with Image.open(buffer) as im:
+            return dataset.image_tensor(im.convert("RGB"))  # (3, S, S)
+
+    truth = torch.stack([drawn(dataset.keypoints[t], item_id(items[j][0])) for (_, t), j in zip(items, order.tolist())])
+    sources = torch.stack([dataset.load_image(s) for s, _ in items])  # (n, 3, S, S)
+    targets = torch.stack([dataset.load_image(t) for _, t in items])  # (n, 3, S, S)
+    return sources, targets, truth
+
+
+@torch.no_grad()
+def swap_sensitivity(dataset: PairDataset, n: int, vae: nn.Module | None = None, device="cpu") -> float | None:
+    """The source sensitivity of the truth (vae None) or of the VAE's reconstruction of it (the
+    ceiling): what score_sensitivity's number would be for a perfect model; None where no truth exists."""
+    swap = drawn_swap(dataset, n)
+    if swap is None:
+        return None
+    sources, targets, truth = swap
+    if vae is not None:
+        targets, truth = (vae.decode_latents(vae.encode_latents(x.to(device))).float().clamp(-1, 1).cpu()
+                          for x in (targets, truth))  # (n, 3, S, S) each
+    order = appearance.swap_order(sources.shape[0])
+    return float((targets - truth).abs().mean() / (sources - sources[order]).abs().mean())
+
+
+def add_swap_truth(rows: dict, vae: nn.Module, dataset: PairDataset, n: int, device="cpu") -> dict:
+    """Give the table's src sens column its ceiling and its truth where the benchmark can draw them:
+    rows[CEILING_ROW]['src_sens'] and a TRUTH_ROW. Returns rows."""
+    truth = swap_sensitivity(dataset, n) if n > 0 else None
+    if truth is not None:
+        rows.setdefault(CEILING_ROW, {})["src_sens"] = swap_sensitivity(dataset, n, vae, device)
+        rows[TRUTH_ROW] = {"src_sens": truth}
+    return rows
+
+
 # ----------------------------------------------------------------------------- the table
 
 TABLE_COLUMNS = [("n_images", "N", "{:d}"), ("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"),
@@ -373,7 +437,7 @@ QUALITY_FOOTER = (
     "appearance (appearance.py): part ΔE, torso ΔE = CIELAB colour error of the body parts in the target's "
     "regions (lower is better); torso r = correlation of the torso colour with the target's (1: follows the "
     "person); src sens = output change when the source is swapped over the sources' difference (0: the "
-    "source is ignored)")
+    "source is ignored; the truth row, on the built-in benchmark: what a perfect model's would be)")
 SIGN_FOOTER = (
     "sign language (videos only): Hand SSIM = SSIM on a 60/260-of-the-height square around each hand's "
     "middle knuckle (higher is better); temporal = mean abs gap between the generated and the real "

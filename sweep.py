@@ -42,7 +42,7 @@ from cli import parse_size, progress
 from data import PairDataset
 from metrics import Metrics, build_metrics
 from pipeline import Generator, Sampling
-from scoring import CEILING_ROW, print_table, score_baselines, score_ceiling, score_pairs, score_sensitivity
+from scoring import CEILING_ROW, add_swap_truth, print_table, score_baselines, score_ceiling, score_pairs, score_sensitivity
 
 DEFAULT_REFLOW_CKPT = "runs/tiny/reflow.pt"  # where `python train.py --method reflow` leaves it
 
@@ -491,6 +491,8 @@ def sweep_ceilings(sweep: Sweep, metrics: Metrics, cfg) -> dict:
         name = CEILING_ROW if not rows else f"{CEILING_ROW} ({method})"
         rows[name] = score_ceiling(gen.vae, sweep.dataset, sweep.pairs, metrics, sweep.size, cfg.batch_size,
                                    sweep.device)
+        if name == CEILING_ROW:
+            add_swap_truth(rows, gen.vae, sweep.dataset, cfg.sens_pairs, sweep.device)
     return rows
 
 

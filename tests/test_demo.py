@@ -262,6 +262,14 @@ def test_serves_one_self_contained_page_on_localhost(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(server.url + "nothing", timeout=10)
     assert info.value.code == 404
+    assert html == (ROOT / "demo.html").read_text(encoding="utf-8")  # the page is the file beside demo.py
+
+
+def test_a_missing_page_is_one_line_naming_it(monkeypatch, tmp_path):
+    import demo  # here, not at the top: the other tests run demo.py as a user does, in a subprocess
+    monkeypatch.setattr(demo, "PAGE", tmp_path / "demo.html")
+    with pytest.raises(FileNotFoundError, match=r"demo\.html: the demo's page is missing"):
+        demo.read_page()
 
 
 def test_bad_input_is_a_message_and_the_server_goes_on(server):

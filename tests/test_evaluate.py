@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import appearance
 import evaluate
 import metrics as metrics_lib
 import scoring
@@ -307,9 +308,13 @@ def test_no_flags_scores_the_newest_sample_folder_and_baselines_on_its_pairs(ckp
     rows = result["rows"]
     ignore, own = "baseline: ignore the source (mean part colour)", "baseline: the source's own part colour"
     assert list(rows) == ["rpfm", "baseline: copy source", "baseline: mean train image", ignore, own,
-                          scoring.CEILING_ROW]
+                          scoring.CEILING_ROW, scoring.TRUTH_ROW]
     n_test_pairs = len(evaluate.PairDataset(tiny_root, "test", 64, verbose=False))
-    assert [row["n_images"] for row in rows.values()] == [n_test_pairs] * 6  # the same pairs in every row
+    scored = [row["n_images"] for name, row in rows.items() if name != scoring.TRUTH_ROW]
+    assert scored == [n_test_pairs] * 6  # the same pairs in every row
+    # the src sens column's ceiling and truth: the fixture's test split is ONE person, so a swapped
+    # source is the same person and the truth does not change at all
+    assert rows[scoring.TRUTH_ROW] == {"src_sens": 0.0} and rows[scoring.CEILING_ROW]["src_sens"] == 0.0
     assert result["size"] == [64, 44]  # the photos' own size
     copy, mean = rows["baseline: copy source"], rows["baseline: mean train image"]
     assert mean["sharpness"] < copy["sharpness"]  # the average person is the blurry one
@@ -356,3 +361,25 @@ def test_one_step_diagnostic_rows_for_both_processes(ckpts, tmp_path, method, ca
     assert zero["rmse_w1"] == zero["rmse_w2"] and 0.3 < zero["rmse_w1"] < 3
     assert ("fusion" in result["embedding_rms"]) == (method == "fpdm")
     assert "latent RMSE w 1" in capsys.readouterr().out
+
+
+def test_the_swap_truth_is_the_benchmark_drawing(tiny_root, sign_root):
+    """The source sensitivity's truth: the target pose drawn in the swapped source's look. Where the
+    swapped source is the same person it must be the target file itself, bit for bit; elsewhere it
+    must differ; photos and the signer benchmark have none."""
+    from deepfashion import item_id
+    dataset = evaluate.PairDataset(tiny_root, "train", 32, verbose=False)
+
+    def same_person(n):  # per pair: is the swapped source the target's own person?
+        return [item_id(dataset.pairs[j][0]) == item_id(dataset.pairs[i][1])
+                for i, j in enumerate(appearance.swap_order(n).tolist())]
+
+    n = next(n for n in range(8, 40) if 0 < sum(same_person(n)) < n)  # both kinds of swap
+    sources, targets, truth = scoring.drawn_swap(dataset, n)
+    same = same_person(n)
+    for i, is_same in enumerate(same):
+        change = float((truth[i] - targets[i]).abs().max())
+        assert (change == 0.0) if is_same else (change > 0.1), (i, is_same, change)
+    sens = scoring.swap_sensitivity(dataset, n)
+    assert 0.1 < sens < 1.5
+    assert scoring.drawn_swap(evaluate.PairDataset(sign_root, "test", 32, verbose=False), 4) is None

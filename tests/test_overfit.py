@@ -4,7 +4,7 @@ decode), score them, then swap every source for another person's and require the
 
 The handful: two training persons (plain tops of different colours) drawn in the SAME three real
 poses, so that a target pose does not tell whose clothes to draw: only the source does. A model that
-ignores the source (RPFM before the source encoder's norms were fixed, unet.group_norm) can memorise
+ignores the source (RPFM before the source encoder's norms were fixed, source_encoder.group_norm) can memorise
 the poses but not the colours, and fails the swap check.
 
 Two checks, each with a wide margin (measured 2026-12-01 and 2026-12-02 on the shared 2-core CPU, seed 0, listed beside
