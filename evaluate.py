@@ -16,7 +16,8 @@ own (64x44 for the built-in benchmark) unless --size says otherwise, and every t
 
 Without flags it scores the newest sample.py folder: its samples.json names the checkpoint, the
 pairs and the sampling, so the source sensitivity (--sens-pairs pairs generated again with swapped
-sources) and the ceiling (the checkpoint's VAE) are measured too. --sweep is sweep.py's experiment.
+sources) and the ceiling (the checkpoint's VAE) are measured too; on the built-in benchmark also the
+source sensitivity of the truth and of the ceiling (scoring.drawn_swap). --sweep is sweep.py's experiment.
 
 One-step denoising (--one-step CKPT), a diagnostic: noise the split's target latents to several
 levels, predict them back with ONE network call (no sampler), decode and score against the targets;

@@ -3,8 +3,8 @@
 FPDM conditions its diffusion model on a *fusion embedding* of (source image, target pose).
 Stage 1 learns that embedding by contrastive learning: one CLIP vision transformer, shared
 between photos and rendered pose maps, embeds the source image s, the target pose p and the
-target image t; a Combiner fuses (s, p) into f, and InfoNCE pulls f towards t and away from
-the other targets of the batch. Stage 2 (diffusion.py / unet.py) then receives
+target image t; a Combiner fuses (s, p) into f, and InfoNCE pulls each target t towards its own f
+and away from the batch's other f's (the source-enhanced loss: also away from the sources). Stage 2 (diffusion.py / unet.py) then receives
 `FusionModel.embed(source, pose)` as a frozen global condition.
 
     source ─┐                                   ┌─ Combiner ─> f (unit norm) ─┐

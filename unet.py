@@ -148,7 +148,7 @@ class UNetConfig:
 
 PRESETS = {
     # 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4); train.py's main job runs it at 32 px
-    # (latent 8x8x4), 800 steps of batch 32 in about 5 minutes (README). Narrow
+    # (latent 8x8x4), 800 steps of batch 32 in 3 min 36 s of the main job (README). Narrow
     # (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
     # where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
     "tiny": UNetConfig(
