@@ -36,10 +36,12 @@ from PIL import Image
 
 import appearance
 import data
+import persons
 import poses
 import pipeline
 from cli import progress
 from data import PairDataset, resize_for_eval
+from deepfashion import item_id
 from metrics import (Metrics, TemporalScore, feature_stats, frechet_distance_to_features, hand_ssim,
                      laplacian_variance, psnr, ssim)
 from pipeline import Generator, Sampling
@@ -375,8 +377,6 @@ def drawn_swap(dataset: PairDataset, n: int) -> tuple[torch.Tensor, torch.Tensor
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if "annotations" not in meta:  # only the DeepFashion benchmark records its annotations
         return None
-    import persons
-    from deepfashion import item_id
     items = [dataset.pairs[i] for i in range(min(n, len(dataset)))]
     order = appearance.swap_order(len(items))
 
