@@ -387,19 +387,17 @@ def drawn_swap(dataset: PairDataset, n: int) -> tuple[torch.Tensor, torch.Tensor
         with Image.open(buffer) as im:
             return dataset.image_tensor(im.convert("RGB"))  # (3, S, S)
 
-    truth = torch.stack([drawn(dataset.keypoints[t], item_id(items[j][0])) for (_, t), j in zip(items, order.tolist())])
+    truth = torch.stack([drawn(dataset.keypoints[t], item_id(items[j][0]))
+                         for (_, t), j in zip(items, order.tolist())])  # (n, 3, S, S)
     sources = torch.stack([dataset.load_image(s) for s, _ in items])  # (n, 3, S, S)
     targets = torch.stack([dataset.load_image(t) for _, t in items])  # (n, 3, S, S)
     return sources, targets, truth
 
 
 @torch.no_grad()
-def swap_sensitivity(dataset: PairDataset, n: int, vae: nn.Module | None = None, device="cpu") -> float | None:
-    """The source sensitivity of the truth (vae None) or of the VAE's reconstruction of it (the
-    ceiling): what score_sensitivity's number would be for a perfect model; None where no truth exists."""
-    swap = drawn_swap(dataset, n)
-    if swap is None:
-        return None
+def swap_sensitivity(swap: tuple, vae: nn.Module | None = None, device="cpu") -> float:
+    """The source sensitivity of drawn_swap's truth (vae None) or of the VAE's reconstruction of it
+    (the ceiling): what score_sensitivity's number would be for a perfect model."""
     sources, targets, truth = swap
     if vae is not None:
         targets, truth = (vae.decode_latents(vae.encode_latents(x.to(device))).float().clamp(-1, 1).cpu()
@@ -411,10 +409,10 @@ def swap_sensitivity(dataset: PairDataset, n: int, vae: nn.Module | None = None,
 def add_swap_truth(rows: dict, vae: nn.Module, dataset: PairDataset, n: int, device="cpu") -> dict:
     """Give the table's src sens column its ceiling and its truth where the benchmark can draw them:
     rows[CEILING_ROW]['src_sens'] and a TRUTH_ROW. Returns rows."""
-    truth = swap_sensitivity(dataset, n) if n > 0 else None
-    if truth is not None:
-        rows.setdefault(CEILING_ROW, {})["src_sens"] = swap_sensitivity(dataset, n, vae, device)
-        rows[TRUTH_ROW] = {"src_sens": truth}
+    swap = drawn_swap(dataset, n) if n > 0 else None
+    if swap is not None:
+        rows.setdefault(CEILING_ROW, {})["src_sens"] = swap_sensitivity(swap, vae, device)
+        rows[TRUTH_ROW] = {"src_sens": swap_sensitivity(swap)}
     return rows
 
 

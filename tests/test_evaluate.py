@@ -375,11 +375,16 @@ def test_the_swap_truth_is_the_benchmark_drawing(tiny_root, sign_root):
                 for i, j in enumerate(appearance.swap_order(n).tolist())]
 
     n = next(n for n in range(8, 40) if 0 < sum(same_person(n)) < n)  # both kinds of swap
-    sources, targets, truth = scoring.drawn_swap(dataset, n)
+    swap = scoring.drawn_swap(dataset, n)
+    sources, targets, truth = swap
     same = same_person(n)
     for i, is_same in enumerate(same):
         change = float((truth[i] - targets[i]).abs().max())
         assert (change == 0.0) if is_same else (change > 0.1), (i, is_same, change)
-    sens = scoring.swap_sensitivity(dataset, n)
+    sens = scoring.swap_sensitivity(swap)
     assert 0.1 < sens < 1.5
+
+    class Lossless:  # an autoencoder that reconstructs exactly: its ceiling is the truth
+        encode_latents = decode_latents = staticmethod(lambda x: x)
+    assert scoring.swap_sensitivity(swap, Lossless()) == pytest.approx(sens, abs=1e-7)
     assert scoring.drawn_swap(evaluate.PairDataset(sign_root, "test", 32, verbose=False), 4) is None
