@@ -3,9 +3,10 @@
 FPDM conditions its diffusion model on a *fusion embedding* of (source image, target pose).
 Stage 1 learns that embedding by contrastive learning: one CLIP vision transformer, shared
 between photos and rendered pose maps, embeds the source image s, the target pose p and the
-target image t; a Combiner fuses (s, p) into f, and InfoNCE pulls each target t towards its own f
-and away from the batch's other f's (the source-enhanced loss: also away from the sources). Stage 2 (diffusion.py / unet.py) then receives
-`FusionModel.embed(source, pose)` as a frozen global condition.
+target image t; a Combiner fuses (s, p) into f, and InfoNCE pulls each target t towards its own
+f and away from the batch's other f's (the source-enhanced loss: also away from the sources).
+Stage 2 (diffusion.py / unet.py) then receives `FusionModel.embed(source, pose)` as a frozen
+global condition.
 
     source ─┐                                   ┌─ Combiner ─> f (unit norm) ─┐
     pose   ─┼─> shared CLIP ViT ─> s, p, t ──── ┘                            ├─> InfoNCE

@@ -262,7 +262,8 @@ def sample_latents(process, model, noise, cond, steps: int = 0, w_src=None, w_fu
     return process.sample(model, noise, cond, s.steps, w_src=s.w_src, w_fus=s.w_fus, **{name: s.sampler})
 
 
-def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, keypoints=None) -> dict:
+def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, keypoints=None,
+               part_colours=None) -> dict:
     """The conditions of both methods: pose map, source tokens, and (FPDM) the fusion embedding.
 
     keypoints: (source_keypoints, target_keypoints), each (B, K, 2) in the S x S frame; needed when
@@ -270,8 +271,9 @@ def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, ke
     presets), which is appended to the pose map here.
 
     note: the tokens are computed outside the UNet's forward so streaming can encode a source
-    once (pass them as `tokens`); the process drops them (zeros) per sample exactly as it does
-    at guidance time. The painted colours travel inside `pose` and are dropped with it.
+    once (pass them as `tokens`; likewise its `part_colours`, poses.source_part_colours); the
+    process drops them (zeros) per sample exactly as it does at guidance time. The painted colours
+    travel inside `pose` and are dropped with it.
     """
     tokens = model.encode_source(source) if tokens is None else tokens  # (B, N, D)
     cond = {"pose": pose, "src_tokens": tokens}
@@ -282,7 +284,8 @@ def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, ke
         if keypoints is None:
             raise ValueError("this UNet takes the pose painted in the source's colours (source_colours): "
                              "pass keypoints=(source_keypoints, target_keypoints)")
-        painted = poses.paint_source_colours(source, *(k.to(source.device) for k in keypoints))  # (B, 4, S, S)
+        painted = poses.paint_source_colours(source, *(k.to(source.device) for k in keypoints),
+                                             part_colours=part_colours)  # (B, 4, S, S)
         cond["pose"] = torch.cat([pose, painted.to(pose.dtype)], dim=1)  # (B, P + 4, S, S)
     return cond
 

@@ -225,7 +225,7 @@ def _segment_masks(kp: torch.Tensor, layout: Layout, size: int) -> torch.Tensor:
     """(B, K, 2) keypoints in the S x S frame -> bool (B, L - 1, S, S): pixels near each bone.
 
     note: x and y are kept apart rather than in a trailing axis of 2: reductions over such a tiny
-    axis are slow on the CPU (this was 5x slower, 58 ms for a training batch of 32)."""
+    axis are slow on the CPU (the whole painting took 58 ms for a training batch of 32 that way, 30 now)."""
     bones = torch.tensor(layout.bones, device=kp.device)  # (L - 1, 2)
     radii = (torch.tensor(layout.bone_widths, device=kp.device) * size * PART_RADIUS).clamp_min(0.75)  # (L - 1,)
     xs, ys = _pixel_grid(size, kp)  # (S*S,) each
@@ -276,7 +276,19 @@ def paint_masks(keypoints: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([bones[:, trunk], _torso_mask(kp, layout, size), bones[:, rest]], dim=1)
 
 
-def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
+def source_part_colours(source: torch.Tensor, source_kp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, S, S) in [-1, 1], (B, K, 2) -> each part's mean colour in the SOURCE pose, (B, L, 3) in
+    [0, 1], and whether the source shows the part at all, (B, L) bool. Read once per source photo
+    (streaming keeps it for every frame, as it keeps the source tokens)."""
+    masks = paint_masks(source_kp, source.shape[-1]).float()  # (B, L, S, S)
+    pixels = (source.float() + 1) / 2  # (B, 3, S, S) in [0, 1]
+    count = masks.sum(dim=(2, 3))  # (B, L)
+    colours = torch.einsum("blhw,bchw->blc", masks, pixels) / count.clamp_min(1)[..., None]  # (B, L, 3)
+    return colours, count > 0
+
+
+def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor,
+                         part_colours: tuple | None = None) -> torch.Tensor:
     """The target pose painted in the source's colours: (B, 3, S, S) in [-1, 1], (B, K, 2) x2 -> (B, 4, S, S).
 
     Each part's colour is the mean of the source pixels inside that part in the SOURCE pose; it is
@@ -284,15 +296,13 @@ def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_k
     Channel 3 is 1 where something was painted (a black sleeve is not "nothing there"). A part
     missing in either pose paints nothing, so a source whose pose is unknown paints nothing at all.
     The network still has to draw the background, folds, shading, hair and every texture.
+    part_colours: source_part_colours(source, source_kp) already read (then source_kp is not used).
     note: painting the source's background colour as well was tried and changed nothing measurable
     (RESULTS.md, "appearance"), so the background is left to the network.
     """
     b, size = source.shape[0], source.shape[-1]
-    src_masks, tgt_masks = paint_masks(source_kp, size).float(), paint_masks(target_kp, size)  # (B, L, S, S) each
-    pixels = (source.float() + 1) / 2  # (B, 3, S, S) in [0, 1]
-    count = src_masks.sum(dim=(2, 3))  # (B, L)
-    colours = torch.einsum("blhw,bchw->blc", src_masks, pixels) / count.clamp_min(1)[..., None]  # (B, L, 3)
-    tgt_masks = tgt_masks & (count > 0)[..., None, None]  # (B, L, S, S): only parts the source shows
+    colours, shown = source_part_colours(source, source_kp) if part_colours is None else part_colours
+    tgt_masks = paint_masks(target_kp, size) & shown[..., None, None]  # (B, L, S, S): only parts the source shows
     order = torch.arange(1, tgt_masks.shape[1] + 1, device=source.device).view(1, -1, 1, 1)
     last = (tgt_masks * order).amax(dim=1)  # (B, S, S): the last part painted at each pixel, 0 = none
     index = (last - 1).clamp_min(0)  # (B, S, S)

@@ -213,7 +213,8 @@ class Live:
     sampling: Sampling
     precision: str = "auto"
     seed: int = 0
-    source_kp: np.ndarray | None = None  # (K, 2) the source's pose in frame_hw; None: not known
+    source_kp: torch.Tensor | None = None  # (1, K, 2) the source's pose in the S x S frame (missing: not known)
+    part_colours: tuple | None = None  # poses.source_part_colours of the source, read once; None: no painting
 
     @classmethod
     @torch.inference_mode()
@@ -225,15 +226,23 @@ class Live:
         with pipeline.autocast_for(precision, source.device):
             tokens = gen.unet.encode_source(source)  # (1, N, D)
         noise = gen.noise(1, "cpu", torch.Generator().manual_seed(seed)).to(source.device)  # (1, C, h, w)
-        return cls(gen, source, tokens, noise, tuple(frame_hw), sampling, precision, seed, source_keypoints)
+        live = cls(gen, source, tokens, noise, tuple(frame_hw), sampling, precision, seed)
+        if source_keypoints is not None:
+            kp = torch.from_numpy(live.to_image_frame(source_keypoints))  # (K, 2) in the S x S frame
+            live.source_kp = kp[None].to(source.device)  # (1, K, 2)
+            if gen.unet.config.source_colours:  # the source's part colours, like its tokens, read once
+                live.part_colours = poses.source_part_colours(source, live.source_kp)  # (1, L, 3), (1, L)
+        return live
+
+    def to_image_frame(self, keypoints) -> np.ndarray:
+        """(K, 2) keypoints in frame_hw -> the S x S frame the network draws in."""
+        return poses.scale_keypoints(keypoints, self.frame_hw, (self.gen.image_size,) * 2)  # (K, 2)
 
     def keypoints(self, target_kp) -> tuple:
         """(source, target) keypoints (1, K, 2) in the S x S frame, as pipeline.build_cond takes them."""
-        size = (self.gen.image_size,) * 2
-        target = poses.scale_keypoints(target_kp, self.frame_hw, size)  # (K, 2)
-        source = (np.full_like(target, poses.MISSING) if self.source_kp is None
-                  else poses.scale_keypoints(self.source_kp, self.frame_hw, size))  # (K, 2)
-        return tuple(torch.from_numpy(k)[None].to(self.source.device) for k in (source, target))
+        target = torch.from_numpy(self.to_image_frame(target_kp))[None].to(self.source.device)  # (1, K, 2)
+        unknown = torch.full_like(target, poses.MISSING)  # an uploaded photo: no pose, nothing painted
+        return (unknown if self.source_kp is None else self.source_kp), target
 
     @torch.inference_mode()
     def frame(self, keypoints, model=None) -> Frame:
@@ -245,7 +254,8 @@ class Live:
         torch.manual_seed(self.seed)  # the same DDPM step noise for every frame (see the docstring)
         with pipeline.autocast_for(self.precision, device):
             with timer("network"):
-                cond = pipeline.build_cond(gen.unet, gen.fusion, self.source, pose, self.tokens, self.keypoints(keypoints))
+                cond = pipeline.build_cond(gen.unet, gen.fusion, self.source, pose, self.tokens,
+                                           self.keypoints(keypoints), self.part_colours)
                 s = self.sampling
                 z = pipeline.sample_latents(gen.process, model or gen.unet, self.noise, cond, s.steps,
                                             s.w_src, s.w_fus, s.sampler)  # (1, C, h, w)

@@ -42,7 +42,8 @@ from cli import parse_size, progress
 from data import PairDataset
 from metrics import Metrics, build_metrics
 from pipeline import Generator, Sampling
-from scoring import CEILING_ROW, add_swap_truth, print_table, score_baselines, score_ceiling, score_pairs, score_sensitivity
+from scoring import (CEILING_ROW, add_swap_truth, print_table, score_baselines, score_ceiling, score_pairs,
+                     score_sensitivity)
 
 DEFAULT_REFLOW_CKPT = "runs/tiny/reflow.pt"  # where `python train.py --method reflow` leaves it
 
@@ -169,7 +170,8 @@ def interleaved_times(sweep: Sweep, points, cfg) -> list[float]:
             batch, noise = first[method]
             timer = pipeline.PhaseTimer(device)
             pipeline.generate(sweep.gens[method], batch["source"].to(device), batch["target_pose"].to(device),
-                              sampling, timer, cfg.precision, noise=noise, keypoints=pipeline.batch_keypoints(batch, device))
+                              sampling, timer, cfg.precision, noise=noise,
+                              keypoints=pipeline.batch_keypoints(batch, device))
             if round_ > 0:  # round 0 warms every point up again after the long generation pass
                 times[i].append(1000 * sum(timer.seconds.values()) / len(noise))
     return [float(np.median(t)) for t in times]

@@ -68,7 +68,6 @@ import unet as unet_lib
 import vae as vae_lib
 import cli
 import couplings
-from couplings import Couplings
 from cli import option
 from guidance import INDEPENDENT_DROP, JOINT_DROP
 from scoring import RETRIEVAL_COLUMNS, RETRIEVAL_FOOTER, print_table  # the one table printer
@@ -120,7 +119,7 @@ class TrainConfig:
                              choices=(*FUSION_LOSSES, "both"))
     steps: int = option(800, "optimiser steps of the method named by --method")
     # note: 1,000, not 500: at 500 the tiny VAE still turned teal tops blue, and every model inherits its
-    # colours (the autoencoder ceiling's torso r 0.88 -> 0.91, part dE 23.6 -> 19.3; RESULTS.md, "appearance")
+    # colours (the autoencoder ceiling's torso r 0.88 -> 0.92, part dE 23.6 -> 18.3; RESULTS.md, "appearance")
     vae_steps: int = option(1000, "steps of the VAE stage when it is trained on the way")
     fusion_steps: int = option(200, "steps of the fusion stage when it is trained on the way")
     batch_size: int = option(32, "images per optimiser step, summed over all processes")
@@ -342,7 +341,7 @@ def get_teacher(cfg: TrainConfig, dist: Dist, dataset, vae) -> tuple[nn.Module, 
     return frozen(teacher, dist.device), load_checkpoint(Path(cfg.out) / "rpfm.pt", "rpfm")
 
 
-def reflow_stage(cfg: TrainConfig, vae, teacher: nn.Module, teacher_ckpt: dict, items: Couplings) -> Stage:
+def reflow_stage(cfg: TrainConfig, vae, teacher: nn.Module, teacher_ckpt: dict, items: couplings.Couplings) -> Stage:
     """The student: the teacher's UNet and weights, trained on the straight lines of the couplings."""
     model = unet_lib.UNet(teacher.config)
     model.load_state_dict(teacher_ckpt["ema"])  # it starts drawing as the teacher does
@@ -363,7 +362,7 @@ def run_reflow(cfg: TrainConfig, dist: Dist, dataset, vae) -> nn.Module:
     teacher, teacher_ckpt = get_teacher(cfg, dist, dataset, vae)
     wanted = couplings.plan(dataset, teacher_ckpt, cfg.seed, cfg.reflow_pairs, cfg.flip, cfg.coupling_steps)
     state = couplings.get_couplings(Path(cfg.out) / "reflow_couplings.pt", wanted, dist, dataset, teacher)
-    stage = reflow_stage(cfg, vae, teacher, teacher_ckpt, Couplings(FlipIndexed(dataset), state))
+    stage = reflow_stage(cfg, vae, teacher, teacher_ckpt, couplings.Couplings(FlipIndexed(dataset), state))
     return run_stage(stage, cfg, dist, dataset, resume=cfg.resume)
 
 

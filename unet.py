@@ -6,10 +6,11 @@ from a noisy latent x_t, a time t, and three conditions:
 - the target pose, a pixel-size pose map, encoded by `PoseEncoder` (ControlNet-style strided
   convs) and added to the output of the UNet's first conv, as FPDM does;
 - the source image, turned once into tokens by `SourceEncoder` (source_encoder.py: a small conv
-  encoder for the CPU presets, or a timm DINOv2 ViT, and which of its weights train) and read by cross-attention in every transformer block; in
-  the CPU presets also pooled (`pool_source`) and added to the time embedding, and the conv
-  encoder's tokens carry their cell's mean colour (UNetConfig.source_global / source_pixels:
-  without them the tiny models drew the pose in colours unrelated to the source's);
+  encoder for the CPU presets, or a timm DINOv2 ViT, and which of its weights train) and read by
+  cross-attention in every transformer block; in the CPU presets also pooled (`pool_source`) and
+  added to the time embedding, and the conv encoder's tokens carry their cell's mean colour
+  (UNetConfig.source_global / source_pixels: without them the tiny models drew the pose in colours
+  unrelated to the source's);
 - in the CPU presets, the target pose painted in the source's colours (UNetConfig.source_colours,
   poses.paint_source_colours), carried in the pose map's last 4 channels and also given at the
   latent size beside x_t: attention must first learn WHERE in the source each part is, which 800

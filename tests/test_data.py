@@ -210,6 +210,19 @@ def test_paint_source_colours_skips_what_either_pose_lacks():
     assert with_arm[16, 10] == 1 and without[16, 10] == 0 and without.sum() < with_arm.sum()
 
 
+def test_source_part_colours_read_once_paint_the_same():
+    """Streaming reads a source's part colours once (poses.source_part_colours) and paints every frame
+    from them: the same map as painting from the source's pose each time, for poses with missing joints."""
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1  # (B, 3, S, S)
+    src_kp, tgt_kp = _standing()[None].repeat(3, 1, 1), _standing(dx=4)[None].repeat(3, 1, 1)  # (B, 18, 2)
+    src_kp[1, 3:5] = poses.MISSING  # a source without its right forearm
+    tgt_kp[2, 11:14] = poses.MISSING  # a target without its left leg
+    direct = poses.paint_source_colours(source, src_kp, tgt_kp)  # (B, 4, S, S)
+    cached = poses.paint_source_colours(source, None, tgt_kp, part_colours=poses.source_part_colours(source, src_kp))
+    assert torch.equal(direct, cached) and direct[:, 3].sum() > 0
+
+
 def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
     ds = data.PairDataset(tiny_root, "train", 32, flip=True, verbose=False)
     plain, flipped = ds.load_item(0, flipped=False), ds.load_item(0, flipped=True)

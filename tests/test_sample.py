@@ -231,3 +231,21 @@ def test_clamped_joints_stay_on_the_frame():
     kp = np.array([[-40, 10], [500, 900]] + [[5, 5]] * 16, np.float32)
     out = streaming.clamp_keypoints(kp, (256, 176))
     assert out[0].tolist() == [0, 10] and out[1].tolist() == [175, 255]
+
+
+def test_a_live_frame_is_the_pair_generated_in_one_call(ckpts, tiny_root):
+    """streaming.Live keeps the source's tokens and part colours for every frame; a frame must equal
+    pipeline.generate of the same source, pose, keypoints and noise (the painting and tokens computed anew)."""
+    gen = pipeline.Generator.from_checkpoint(ckpts / "rpfm.pt")
+    assert gen.unet.config.source_colours
+    ds = data.PairDataset(tiny_root, "test", gen.image_size, verbose=False)
+    item = ds[0]
+    sampling = pipeline.sampling_for(gen.process, 2, "")
+    live = streaming.Live.start(gen, item["source"][None], ds.frame, sampling, "fp32",
+                                source_keypoints=ds.keypoints[item["source_name"]])
+    frame = live.frame(ds.keypoints[item["target_name"]]).image  # (1, 3, S, S)
+    pose = streaming.pose_tensor(ds.keypoints[item["target_name"]], gen.image_size, ds.frame, "cpu")  # (1, 3, S, S)
+    torch.manual_seed(live.seed)
+    image, _ = pipeline.generate(gen, item["source"][None], pose, sampling, pipeline.PhaseTimer(torch.device("cpu")),
+                                 "fp32", noise=live.noise, keypoints=live.keypoints(ds.keypoints[item["target_name"]]))
+    assert torch.allclose(frame, image, atol=1e-6)
