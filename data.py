@@ -97,7 +97,7 @@ def detect_layout(root, verbose: bool = False) -> str:
     ) if hit]
     if not found:
         raise DataError(f"{root}: no dataset layout found (looked for fashion-resize-pairs-*.csv "
-                        "or fasion-*.csv (csv), train_pairs.txt (nted), train_data.json (pcdm), "
+                        "or fasion-*.csv (csv), train/test_pairs.txt (nted), train/test_data.json (pcdm), "
                         "keypoints/{train,test}/ (phoenix))")
     if verbose:
         also = f" (also {', '.join(found[1:])} files, ignored)" if len(found) > 1 else ""

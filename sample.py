@@ -10,7 +10,7 @@ three parts, timed separately because they scale differently:
      Heun) x guidance branches evaluations of the UNet (the NFE);
   3. VAE decoding of the final latent.
 
-Timing is honest: warm-up batches are excluded, CUDA is synchronised before every clock read,
+Timing is honest: warm-up passes are excluded, CUDA is synchronised before every clock read,
 and the NFE is counted by wrapping the model, not computed from a formula. Each process samples
 at its release settings unless a flag says otherwise: FPDM DDPM 20 steps, RPFM Euler 10 steps,
 both with guidance weight 2 (w_src = w_fus: two branches, so 40 and 20 NFE per image); RPFM's
@@ -94,7 +94,7 @@ class SampleConfig:
     precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 elsewhere; bf16: autocast "
                                     "on any device; fp32", choices=pipeline.PRECISIONS)
     compile: bool = option(False, "torch.compile the UNet (CUDA, or CPU streaming; the untimed warm-up compiles)")
-    warmup: int = option(2, "untimed warm-up batches before any clock is read")
+    warmup: int = option(2, "untimed warm-up passes (over the first batch) before any clock is read")
     benchmark: bool = option(False, "time random-init FPDM, RPFM and the reflow student at fixed "
                                     "settings, no checkpoint")
     repeats: int = option(5, "timed batches per row in --benchmark")
@@ -216,7 +216,7 @@ def record(out: Path, gen: Generator, dataset, size, sampling: Sampling, cfg: Sa
 
 
 def warm_up(gen, batch, sampling: Sampling, cfg: SampleConfig, device):
-    """Untimed batches first: allocator, cuDNN autotuning and torch.compile happen here."""
+    """Untimed passes over one batch first: allocator, cuDNN autotuning and torch.compile happen here."""
     for _ in range(cfg.warmup):
         generate(gen, batch["source"].to(device), batch["target_pose"].to(device), sampling,
                  PhaseTimer(device), cfg.precision, keypoints=pipeline.batch_keypoints(batch, device))
