@@ -107,7 +107,7 @@ class TrainConfig:
     source_checkpoint: str = option("", "a local timm weight file for a ViT source encoder (DINOv2)")
     source_colours: bool | None = option(None, "also give the UNet the target pose painted in the source's "
                                                "colours (poses.paint_source_colours); unset: the UNet preset's "
-                                               "(on in tiny and small, off in base as in the papers)")
+                                               "(on in the CPU presets tiny, tiny48 and small, off in base as in the papers)")
     fusion_ckpt: str = option("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool | None = option(None, "condition on the fusion embedding; unset: fpdm yes, rpfm no "
                                            "(--no-use-fusion: FPDM's ablations B1-B3; --use-fusion on rpfm: "
@@ -201,7 +201,21 @@ def parse_config(argv=None) -> TrainConfig:
     if cfg.fusion_loss == "both" and cfg.method != "fusion":
         raise ValueError("--fusion-loss both trains and compares the two stage-1 losses: it needs "
                          "--method fusion (FPDM is trained with one of them)")
+    check_unet_fits(cfg)
     return cfg
+
+
+def check_unet_fits(cfg: TrainConfig):
+    """A UNet preset that cannot take --image-size fails now, in one line, not after the VAE has trained
+    (e.g. tiny at 48 px: its 12x12 latent does not halve three times; unet.PRESETS["tiny48"] does)."""
+    if cfg.vae_ckpt:  # the latent size is the file's VAE's, known once it is loaded
+        return
+    factor = 2 ** (len(vae_lib.as_vae_config(cfg.vae).block_out_channels) - 1)
+    try:
+        dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size,
+                            latent_size=cfg.image_size // factor)  # the UNetConfig validates itself
+    except ValueError as e:
+        raise ValueError(f"--unet {cfg.unet} at --image-size {cfg.image_size}: {e}") from None
 
 
 def open_dataset(cfg: TrainConfig, split: str, dist: Dist) -> data.PairDataset:

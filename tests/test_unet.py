@@ -44,7 +44,7 @@ def _tiny(**changes) -> UNet:
     return UNet(dataclasses.replace(unet.make_config("tiny"), **changes))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny48", "small"])
 def test_output_shape_cpu_presets(preset):
     torch.manual_seed(0)
     model = UNet(preset)
@@ -177,12 +177,14 @@ def test_config_round_trip_through_dict_and_json():
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ValueError, match="tiny, small, base"):
+    with pytest.raises(ValueError, match="tiny, tiny48, small, base"):
         UNet("huge")
     with pytest.raises(ValueError, match="unknown fields"):
         UNet({"model_chanels": 32})
     with pytest.raises(ValueError, match="pose_widths"):
         UNetConfig(image_size=64, latent_size=8)  # an 8x encoder needs 4 pose widths
+    with pytest.raises(ValueError, match="tiny48 for 48 px"):  # 12 does not halve three times
+        UNetConfig(**dict(dataclasses.asdict(unet.PRESETS["tiny"]), image_size=48, latent_size=12))
     model = _tiny()
     inputs = model.example_inputs(batch_size=1)
     with pytest.raises(ValueError, match="pose"):
@@ -262,3 +264,19 @@ def test_source_pathway_of_the_cpu_presets_and_of_older_checkpoints():
         tokens = new.encode_source(torch.cat([red, blue]))  # (2, N, D)
         assert new.pool_source(tokens).shape == (2, unet.PRESETS["tiny"].source_queries * tokens.shape[-1])
         assert new.pool_source(torch.zeros_like(tokens)).abs().max() == 0
+
+
+def test_docstring_parameter_counts_are_the_presets():
+    """The module docstring's preset table quotes each preset's counts: they must be what it builds."""
+    quoted = {}
+    for line in unet.__doc__.splitlines():
+        words = line.split()
+        if words and words[0] in unet.PRESETS and "+" in words:
+            plus = words.index("+")
+            quoted[words[0]] = (int(words[plus - 1].replace(",", "")), int(words[plus + 1].replace(",", "")))
+    assert set(quoted) == set(unet.PRESETS)
+    for preset, (body, source) in quoted.items():
+        with torch.device("meta"):  # shapes only: base has ~1 B parameters
+            model = UNet(preset)
+        encoder = unet.count_parameters(model.source_encoder)
+        assert (unet.count_parameters(model) - encoder, encoder) == (body, source), preset
