@@ -107,7 +107,8 @@ class TrainConfig:
     source_checkpoint: str = option("", "a local timm weight file for a ViT source encoder (DINOv2)")
     source_colours: bool | None = option(None, "also give the UNet the target pose painted in the source's "
                                                "colours (poses.paint_source_colours); unset: the UNet preset's "
-                                               "(on in the CPU presets tiny, tiny48 and small, off in base as in the papers)")
+                                               "(on in the CPU presets tiny, tiny48 and small, off in base "
+                                               "as in the papers)")
     fusion_ckpt: str = option("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool | None = option(None, "condition on the fusion embedding; unset: fpdm yes, rpfm no "
                                            "(--no-use-fusion: FPDM's ablations B1-B3; --use-fusion on rpfm: "
@@ -210,10 +211,9 @@ def check_unet_fits(cfg: TrainConfig):
     (e.g. tiny at 48 px: its 12x12 latent does not halve three times; unet.PRESETS["tiny48"] does)."""
     if cfg.vae_ckpt:  # the latent size is the file's VAE's, known once it is loaded
         return
-    factor = 2 ** (len(vae_lib.as_vae_config(cfg.vae).block_out_channels) - 1)
-    try:
-        dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size,
-                            latent_size=cfg.image_size // factor)  # the UNetConfig validates itself
+    latent_size = cfg.image_size // vae_lib.as_vae_config(cfg.vae).downsample_factor
+    try:  # the UNetConfig validates itself, as pipeline.unet_config_for will build it
+        dataclasses.replace(unet_lib.make_config(cfg.unet), image_size=cfg.image_size, latent_size=latent_size)
     except ValueError as e:
         raise ValueError(f"--unet {cfg.unet} at --image-size {cfg.image_size}: {e}") from None
 

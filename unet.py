@@ -67,6 +67,7 @@ D context (token) width, F fusion width, E embedding width (4 x model_channels).
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -149,24 +150,23 @@ class UNetConfig:
                              f"divisible by 2**(len(source_widths) - 1) = {factor}")
 
 
+# 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4); train.py's main job runs it at 32 px
+# (latent 8x8x4), 800 steps of batch 32 in 3 min 36 s of the main job (README). Narrow
+# (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
+# where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
+_TINY = UNetConfig(
+    image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
+    channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
+    pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
+    source_global=True, source_colours=True)
+
 PRESETS = {
-    # 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4); train.py's main job runs it at 32 px
-    # (latent 8x8x4), 800 steps of batch 32 in 3 min 36 s of the main job (README). Narrow
-    # (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
-    # where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
-    "tiny": UNetConfig(
-        image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
-        channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
-        pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
-        source_global=True, source_colours=True),
+    "tiny": _TINY,
     # tiny for 48 px (`python train.py --image-size 48 --unet tiny48`): a 12x12 latent halves only
     # twice (12, 6, 3), so one of tiny's two 32-wide levels goes and the widest (128) stays; about
     # as many parameters as tiny (4.10 M against 4.29 M at 32 px), attention at 6x6 and 3x3.
-    "tiny48": UNetConfig(
-        image_size=48, latent_size=12, fusion_dim=128, context_dim=128, model_channels=32,
-        channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(1, 2), head_dim=32, ff_mult=2,
-        pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
-        source_global=True, source_colours=True),
+    "tiny48": dataclasses.replace(_TINY, image_size=48, latent_size=12, channel_mult=(1, 2, 4),
+                                  attention_levels=(1, 2)),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.
     "small": UNetConfig(
         image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,

@@ -115,6 +115,11 @@ class VAEConfig:
         if self.recon_loss not in ("l1", "l2"):
             raise ValueError(f"VAEConfig.recon_loss: expected 'l1' or 'l2', got {self.recon_loss!r}")
 
+    @property
+    def downsample_factor(self) -> int:
+        """f: images of H x W pixels have latents of H/f x W/f (every level but the last halves)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 VAE_PRESETS = {
     # CPU, f = 4: 64 px -> 16x16x4 (32 px -> 8x8x4 in train.py's main job). Narrow because on 2 CPU cores the full-resolution convs cost
@@ -352,7 +357,7 @@ class VAE(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        return self.config.downsample_factor
 
     @property
     def latent_channels(self) -> int:
