@@ -55,7 +55,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SAMPLE_RECORD = "samples.json"  # sample.py's note of what it wrote, inside its output folder
 
 # Model sizes by name (train.py's presets add optimiser settings on top). tiny: the CPU job, 32 px
-# images (8x8x4 latents) because on a CPU the number of steps buys quality; the GPU presets use the
+# images (8x8x8 latents) because on a CPU the number of steps buys quality; the GPU presets use the
 # papers' sizes: 256x176 photos trained at 256x256 (CFLD, FPDM), 512x352 at 512x512 (PCDM), and
 # Stable Diffusion's VAE shape (downsample 8).
 MODEL_PRESETS = {

@@ -48,9 +48,9 @@ Presets (counts printed by `python unet.py`, built on the meta device; train.py'
 base256 / base512 picks one of these with a VAE and a fusion size, pipeline.MODEL_PRESETS):
 
   preset  pixels -> latent          widths per level      attention at        source encoder     UNet + source encoder
-  tiny    64 -> 16x16x4             32, 32, 64, 128       8x8, 4x4, 2x2       conv, 64 tokens     4,207,972 + 86,160
-          (main job: 32 -> 8x8x4)
-  tiny48  48 -> 12x12x4             32, 64, 128           6x6, 3x3            conv, 36 tokens     4,016,900 + 84,368
+  tiny    64 -> 16x16x8             32, 32, 64, 128       8x8, 4x4, 2x2       conv, 64 tokens     4,210,280 + 86,160
+          (main job: 32 -> 8x8x8)
+  tiny48  48 -> 12x12x8             32, 64, 128           6x6, 3x3            conv, 36 tokens     4,019,208 + 84,368
   small   128 -> 32x32x4            64, 128, 128, 256     16x16, 8x8, 4x4     conv, 256 tokens   30,675,268 + 358,432
   base    256 -> 32x32x4 (SD VAE)   320, 640, 1280, 1280  32x32, 16x16, 8x8   DINOv2 ViT-B/14,  889,644,164 + 86,315,520
                                                                               257 tokens
@@ -150,21 +150,21 @@ class UNetConfig:
                              f"divisible by 2**(len(source_widths) - 1) = {factor}")
 
 
-# 2 CPU cores, 64 px, latent 16x16x4 (VAE downsample 4); train.py's main job runs it at 32 px
-# (latent 8x8x4), 800 steps of batch 32 in 3 min 36 s of the main job (README). Narrow
+# 2 CPU cores, 64 px, latent 16x16x8 (the tiny VAE: downsample 4, 8 channels, see vae.py);
+# train.py's main job runs it at 32 px (latent 8x8x8), 800 steps of batch 32 (README). Narrow
 # (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
 # where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
 _TINY = UNetConfig(
-    image_size=64, latent_size=16, fusion_dim=128, context_dim=128, model_channels=32,
-    channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3), head_dim=32, ff_mult=2,
-    pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4, source_pixels=True,
-    source_global=True, source_colours=True)
+    image_size=64, latent_size=16, latent_channels=8, fusion_dim=128, context_dim=128,
+    model_channels=32, channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3),
+    head_dim=32, ff_mult=2, pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4,
+    source_pixels=True, source_global=True, source_colours=True)
 
 PRESETS = {
     "tiny": _TINY,
     # tiny for 48 px (`python train.py --image-size 48 --unet tiny48`): a 12x12 latent halves only
     # twice (12, 6, 3), so one of tiny's two 32-wide levels goes and the widest (128) stays; about
-    # as many parameters as tiny (4.10 M against 4.29 M at 32 px), attention at 6x6 and 3x3.
+    # as many parameters as tiny (4.10 M against 4.30 M at 32 px), attention at 6x6 and 3x3.
     "tiny48": dataclasses.replace(_TINY, image_size=48, latent_size=12, channel_mult=(1, 2, 4),
                                   attention_levels=(1, 2)),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.

@@ -126,7 +126,8 @@ def test_random_generators_are_the_preset_sizes_and_never_pretrained():
     assert fpdm.unet.config.latent_size == fpdm.image_size // fpdm.vae.downsample_factor
     assert fpdm.unet.config.fusion_dim == fpdm.fusion.embed_dim and rpfm.unet.config.fusion_dim == 0
     assert rpfm.fusion is None and not fpdm.fusion.config.pretrained
-    assert fpdm.noise(2, "cpu").shape == (2, 4, fpdm.unet.config.latent_size, fpdm.unet.config.latent_size)
+    h = fpdm.unet.config.latent_size
+    assert fpdm.noise(2, "cpu").shape == (2, fpdm.vae.latent_channels, h, h) == (2, 8, h, h)
 
 
 def test_model_presets_agree_with_train_presets():
@@ -201,7 +202,8 @@ def test_build_cond_paints_the_source_colours_into_the_pose_and_needs_keypoints(
     assert "keypoints" in one_line(e)
     cond = pipeline.build_cond(model, None, source, pose, keypoints=(kp, kp))
     assert cond["pose"].shape == (2, 3 + 4, 64, 64) and torch.equal(cond["pose"][:, :3], pose)
-    assert model(torch.randn(2, 4, 16, 16), torch.rand(2) * 1000, **cond).shape == (2, 4, 16, 16)
+    z = model.config.latent_channels
+    assert model(torch.randn(2, z, 16, 16), torch.rand(2) * 1000, **cond).shape == (2, z, 16, 16)
     # a hidden source pose paints nothing: what an uploaded photo (no keypoints) gets
     hidden = pipeline.hide_source_pose((kp, kp), p=1.0)
     assert torch.equal(hidden[1], kp) and hidden[0].eq(-1).all()

@@ -219,7 +219,8 @@ def test_timm_dinov2_source_encoder_offline(tmp_path):
     source = torch.rand(2, 3, 64, 64) * 2 - 1
     tokens = model.encode_source(source)
     assert tokens.shape == (2, 5, 128) and model.num_source_tokens == 5
-    assert model(**dict(model.example_inputs(batch_size=2), src_tokens=tokens)).shape == (2, 4, 16, 16)
+    z = model.config.latent_channels
+    assert model(**dict(model.example_inputs(batch_size=2), src_tokens=tokens)).shape == (2, z, 16, 16)
     # a local weight file loads through timm's pretrained_cfg_overlay (no hub needed); another
     # seed, so equal weights can only come from the file
     path = tmp_path / "vit.pth"
