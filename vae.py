@@ -124,15 +124,17 @@ class VAEConfig:
 
 VAE_PRESETS = {
     # CPU, f = 4: 64 px -> 16x16x8 (32 px -> 8x8x8 in train.py's main job). Narrow because on 2 CPU
-    # cores the full-resolution convs cost most of a step. 4 groups (4-8 channels per group; SD has 4 at full resolution) because a
-    # group of one channel is an instance norm, which strips each channel's per-image mean (the
-    # colours) from a block's input: on the synthetic benchmark it reached a worse L1 in as many steps.
+    # cores the full-resolution convs cost most of a step. 4 groups (4-8 channels per group; SD has 4
+    # at full resolution) because a group of one channel is an instance norm, which strips each
+    # channel's per-image mean (the colours) from a block's input: on the synthetic benchmark it
+    # reached a worse L1 in as many steps.
     # 8 latent channels, not SD's 4: with 4, the tiny VAE kept the brightness and the red-blue axis
     # and dropped green, the rarer hue of the benchmark's garments (a flat (0.1, 0.8, 0.1) patch came
-    # back as a dark grey (0.20, 0.29, 0.18); the green torsos' reconstruction error 0.29 RGB), and
-    # every model in its latent space drew green and teal as grey or navy. 8 channels (SD3 and FLUX
-    # use 16 for the same reason, Esser et al. arXiv:2403.03206) give it back at no measurable cost:
-    # the ceiling's torso r 0.92 -> 0.99, part dE 19.4 -> 8.2 (RESULTS.md, "eight latent channels").
+    # back as a dark grey (0.17, 0.21, 0.22); the green torsos' reconstruction error 0.28 RGB), and
+    # every model in its latent space drew green as grey. 8 channels (SD3 and FLUX use 16 for colour
+    # and detail, Esser et al. arXiv:2403.03206) give it back at no measurable step time: the ceiling's
+    # torso r 0.92 -> 0.99, part dE 18.3 -> 8.1, the models' torso r 0.77-0.79 -> 0.83-0.85, for
+    # 0.02-0.03 of their SSIM (RESULTS.md, "eight latent channels").
     "tiny": VAEConfig(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=4,
                       latent_channels=8),
     # a patient CPU or a small GPU; f = 4, 128 px -> 32x32x4.
