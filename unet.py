@@ -150,10 +150,12 @@ class UNetConfig:
                              f"divisible by 2**(len(source_widths) - 1) = {factor}")
 
 
-# 2 CPU cores, 64 px, latent 16x16x8 (the tiny VAE: downsample 4, 8 channels, see vae.py);
-# train.py's main job runs it at 32 px (latent 8x8x8), 800 steps of batch 32 (README). Narrow
-# (32 channels) at 16x16 and 8x8 where convs cost the most per parameter, wider at 4x4 and 2x2
-# where they are cheap; attention only at 8x8 and below (64, 16 and 4 queries).
+# 2 CPU cores, 64 px, latent 16x16x8 (the tiny VAE: downsample 4, 8 channels, see vae.py; training
+# takes the channels from the VAE, pipeline.unet_config_for, so they are written here only for
+# UNet("tiny") built alone); train.py's main job runs it at 32 px (latent 8x8x8), 800 steps of
+# batch 32 (README). Narrow (32 channels) at 16x16 and 8x8 where convs cost the most per
+# parameter, wider at 4x4 and 2x2 where they are cheap; attention only at 8x8 and below (64, 16
+# and 4 queries).
 _TINY = UNetConfig(
     image_size=64, latent_size=16, latent_channels=8, fusion_dim=128, context_dim=128,
     model_channels=32, channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3),
@@ -164,7 +166,7 @@ PRESETS = {
     "tiny": _TINY,
     # tiny for 48 px (`python train.py --image-size 48 --unet tiny48`): a 12x12 latent halves only
     # twice (12, 6, 3), so one of tiny's two 32-wide levels goes and the widest (128) stays; about
-    # as many parameters as tiny (4.10 M against 4.30 M at 32 px), attention at 6x6 and 3x3.
+    # as many parameters as tiny (4.10 M against 4.29 M at 32 px), attention at 6x6 and 3x3.
     "tiny48": dataclasses.replace(_TINY, image_size=48, latent_size=12, channel_mult=(1, 2, 4),
                                   attention_levels=(1, 2)),
     # 128 px, latent 32x32x4 (downsample 4): a better CPU run, or a quick GPU one.

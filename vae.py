@@ -129,12 +129,12 @@ VAE_PRESETS = {
     # channel's per-image mean (the colours) from a block's input: on the synthetic benchmark it
     # reached a worse L1 in as many steps.
     # 8 latent channels, not SD's 4: with 4, the tiny VAE kept the brightness and the red-blue axis
-    # and dropped green, the rarer hue of the benchmark's garments (a flat (0.1, 0.8, 0.1) patch came
-    # back as a dark grey (0.17, 0.21, 0.22); the green torsos' reconstruction error 0.28 RGB), and
-    # every model in its latent space drew green as grey. 8 channels (SD3 and FLUX use 16 for colour
-    # and detail, Esser et al. arXiv:2403.03206) give it back at no measurable step time: the ceiling's
-    # torso r 0.92 -> 0.99, part dE 18.3 -> 8.1, the models' torso r 0.77-0.79 -> 0.83-0.85, for
-    # 0.02-0.03 of their SSIM (RESULTS.md, "eight latent channels").
+    # and dropped green, one of the rarer hues of the benchmark's garments (a flat (0.1, 0.8, 0.1)
+    # patch came back as a dark grey (0.17, 0.21, 0.22); the green torsos' reconstruction error 0.28
+    # RGB), and every model in its latent space drew green as grey. 8 channels (SD3 and FLUX use 16
+    # for colour and detail, Esser et al. arXiv:2403.03206) give it back at no measurable step time:
+    # the ceiling's torso r 0.92 -> 0.99, part dE 18.3 -> 8.1, the models' torso r 0.77-0.79 ->
+    # 0.83-0.87, for 0.02-0.03 of their SSIM (RESULTS.md, "eight latent channels").
     "tiny": VAEConfig(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=4,
                       latent_channels=8),
     # a patient CPU or a small GPU; f = 4, 128 px -> 32x32x4.
