@@ -168,11 +168,12 @@ def component(model: nn.Module) -> dict:
 
 
 def unet_config_for(unet_preset, image_size: int, vae: nn.Module, fusion_model, pose_channels: int,
-                    source_checkpoint: str = "", source_colours: bool | None = None) -> unet_lib.UNetConfig:
+                    source_checkpoint: str = "", source_colours: bool | None = None,
+                    source_paint: str = "") -> unet_lib.UNetConfig:
     """The UNet preset sized to the data and the frozen stages it sits between.
 
     note: fusion_dim 0 when there is no fusion model: RPFM's UNet has no fusion input at all.
-    source_colours: None keeps the preset's choice.
+    source_colours: None keeps the preset's choice; source_paint: "" keeps it.
     """
     ucfg = dataclasses.replace(unet_lib.make_config(unet_preset), image_size=image_size,
                                pose_channels=pose_channels,
@@ -183,6 +184,8 @@ def unet_config_for(unet_preset, image_size: int, vae: nn.Module, fusion_model, 
         ucfg = dataclasses.replace(ucfg, source_checkpoint=source_checkpoint)
     if source_colours is not None:
         ucfg = dataclasses.replace(ucfg, source_colours=source_colours)
+    if source_paint:
+        ucfg = dataclasses.replace(ucfg, source_paint=source_paint)
     return ucfg
 
 
@@ -284,8 +287,8 @@ def build_cond(model: unet_lib.UNet, fusion_model, source, pose, tokens=None, ke
         if keypoints is None:
             raise ValueError("this UNet takes the pose painted in the source's colours (source_colours): "
                              "pass keypoints=(source_keypoints, target_keypoints)")
-        painted = poses.paint_source_colours(source, *(k.to(source.device) for k in keypoints),
-                                             part_colours=part_colours)  # (B, 4, S, S)
+        painted = poses.source_map(model.config.source_paint, source, *(k.to(source.device) for k in keypoints),
+                                   part_colours=part_colours)  # (B, 4, S, S)
         cond["pose"] = torch.cat([pose, painted.to(pose.dtype)], dim=1)  # (B, P + 4, S, S)
     return cond
 

@@ -24,12 +24,16 @@ joint and every bone touching it are simply not drawn, so a hand out of view is 
     render_pose(keypoints, 32, 32, frame=(256, 176))   # (32, 32, 3) uint8 skeleton
     pose_heatmaps(keypoints, 32, 32)                     # (K, 32, 32) one Gaussian per joint
     paint_source_colours(source, source_kp, target_kp)  # (B, 4, S, S) the target pose in the source's colours
+    warp_source(source, source_kp, target_kp)           # (B, 4, S, S) the source's pixels moved into the target pose
     python -m pytest -q tests/test_poses.py
 
 The third map is the one that carries appearance (`paint_source_colours`, after the part-wise
 warping of Deformable GANs, Siarohin et al., arXiv:1801.00055, reduced to one colour per part):
 each body part (the torso, then every bone as a thick segment) takes the mean colour of the same
-part in the source photo and is painted where that part lies in the target pose.
+part in the source photo and is painted where that part lies in the target pose. `warp_source`
+goes the rest of the way to Deformable GANs' part-wise transforms: every target pixel near a bone
+takes the source pixel at the same place relative to the same bone, so patterns, hair and hems
+travel too (the CPU presets use it: RESULTS.md, "the source warped").
 
 Shapes: K joints (18 or 50), H W the height and width drawn at, B batch, S the square training
 size, L parts (the torso and the layout's bones).
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 MISSING = -1.0
@@ -310,3 +315,106 @@ def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_k
     covered = (last > 0).flatten(1)[..., None].float()  # (B, S*S, 1)
     out = torch.cat([painted * covered, covered], dim=-1)  # (B, S*S, 4)
     return out.transpose(1, 2).reshape(b, SOURCE_COLOUR_CHANNELS, size, size).to(source.dtype)
+
+
+# ----------------------------------------------------------------------------- the source warped into the target pose
+
+WARP_REACH = 0.1    # of the image size: how far beyond the part masks a bone still carries the source (hair, skirts)
+
+
+def _bone_frames(kp: torch.Tensor, bones: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, K, 2) keypoints -> each bone's first end (B, L - 1, 2), its vector (B, L - 1, 2), its length (B, L - 1)."""
+    start = kp[:, bones[:, 0]]  # (B, L - 1, 2)
+    vector = kp[:, bones[:, 1]] - start  # (B, L - 1, 2)
+    return start, vector, vector.norm(dim=-1)
+
+
+def _bone_coordinates(kp: torch.Tensor, bones: torch.Tensor, size: int):
+    """Every pixel of the S x S image relative to every bone of the TARGET pose: where along the
+    bone its closest point lies (0..1), and its offset from that point, both along the bone and across
+    it. Returns along, (offset along, offset across), distance; each (B, L - 1, S*S)."""
+    start, vector, length = _bone_frames(kp, bones)
+    ux, uy = (vector / length.clamp_min(1e-6)[..., None]).unbind(-1)  # (B, L - 1) each: the bone's direction
+    ux, uy = ux[..., None], uy[..., None]  # (B, L - 1, 1)
+    xs, ys = _pixel_grid(size, kp)  # (S*S,) each
+    px, py = xs - start[..., 0:1], ys - start[..., 1:2]  # (B, L - 1, S*S): pixel relative to the first end
+    along = ((px * ux + py * uy) / length.clamp_min(1e-6)[..., None]).clamp(0, 1)  # (B, L - 1, S*S)
+    ex, ey = px - along * vector[..., 0:1], py - along * vector[..., 1:2]  # (B, L - 1, S*S) from the closest point
+    turned = (ex * ux + ey * uy, ey * ux - ex * uy)  # (B, L - 1, S*S) x2: in the bone's own axes
+    return along, turned, (ex * ex + ey * ey).sqrt()
+
+
+def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tensor, size: int, reach: float):
+    """Which bone carries each target pixel, (B, S*S), and whether any does, (B, S*S) bool.
+
+    Inside the part masks the part painted last wins (paint_masks' order: an arm in front of the
+    torso is the arm); the torso quadrilateral belongs to its nearest trunk bone (neck to shoulders
+    and hips). Outside them, the nearest bone within `reach` (hair around the head, a skirt between
+    the thighs). `distance` is inf for a bone either pose lacks, so such a bone never wins."""
+    masks = paint_masks(target_kp, size).flatten(2)  # (B, L, S*S): trunk bones, torso, other bones
+    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
+    rest = [i for i in range(len(layout.bones)) if i not in trunk]
+    part_bone = torch.tensor(trunk + [-1] + rest, device=distance.device)  # paint part -> bone, -1: the torso
+    order = torch.arange(1, masks.shape[1] + 1, device=distance.device).view(1, -1, 1)
+    last = (masks * order).amax(dim=1)  # (B, S*S): the last part painted at each pixel, 0 = none
+    chosen = part_bone[(last - 1).clamp_min(0)]  # (B, S*S)
+    nearest = distance.argmin(dim=1)  # (B, S*S)
+    if trunk:
+        trunk_ids = torch.tensor(trunk, device=distance.device)
+        chosen = torch.where(chosen < 0, trunk_ids[distance[:, trunk_ids].argmin(dim=1)], chosen)
+    bone = torch.where(last > 0, chosen, nearest)  # (B, S*S)
+    usable = torch.gather(distance, 1, bone[:, None]).squeeze(1).isfinite()  # (B, S*S)
+    bone = torch.where(usable, bone, nearest)  # a part the source lacks: the nearest bone it has
+    best = distance.amin(dim=1)  # (B, S*S)
+    return bone, ((last > 0) | (best <= reach * size)) & best.isfinite()
+
+
+def warp_source(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor,
+                reach: float = WARP_REACH) -> torch.Tensor:
+    """The source photo warped part by part into the target pose: (B, 3, S, S) in [-1, 1], (B, K, 2)
+    x2 -> (B, 4, S, S), RGB in [0, 1] and a coverage channel, like paint_source_colours.
+
+    Deformable GANs' part-wise transforms (Siarohin et al., arXiv:1801.00055), one per bone: a target
+    pixel near a bone (_bone_of_pixel) sits at some point along it and some offset from it; it takes the
+    source pixel at the same point along the same bone in the source pose, with the offset turned as
+    the bone turned and scaled by the ratio of the two bodies' sizes (the median ratio of their bone
+    lengths). So stripes, checks, hair and a skirt's hem travel with their part, where the mean colour
+    of a part carries none of them. A bone missing in either pose carries nothing.
+    note: a wider reach (0.14) and head bones that only move and scale were tried and carried less
+    (RESULTS.md, "the source warped"): the farther from its bone, the worse a pixel's guess.
+    """
+    b, size = source.shape[0], source.shape[-1]
+    layout = layout_of(target_kp[0])
+    bones = torch.tensor(layout.bones, device=source.device)  # (L - 1, 2)
+    kt, ks = target_kp.float(), source_kp.float()
+    present = (kt[:, bones] >= 0).flatten(2).all(-1) & (ks[:, bones] >= 0).flatten(2).all(-1)  # (B, L - 1)
+    s_start, s_vector, s_length = _bone_frames(ks, bones)
+    t_length = _bone_frames(kt, bones)[2]
+    present = present & (t_length > 0.5) & (s_length > 0.5)  # a bone of no length has no direction
+    ratio = torch.where(present, s_length / t_length.clamp_min(1e-6), torch.nan)  # (B, L - 1)
+    scale = ratio.nanmedian(dim=1).values.nan_to_num(1.0)[:, None, None]  # (B, 1, 1): source size / target size
+    along, (e_along, e_across), distance = _bone_coordinates(kt, bones, size)
+    bone, covered = _bone_of_pixel(kt, layout, torch.where(present[..., None], distance, torch.inf), size, reach)
+    sx, sy = (s_vector / s_length.clamp_min(1e-6)[..., None])[..., None, :].unbind(-1)  # (B, L - 1, 1): its direction
+    x = s_start[..., 0:1] + along * s_vector[..., 0:1] + scale * (e_along * sx - e_across * sy)  # (B, L - 1, S*S)
+    y = s_start[..., 1:2] + along * s_vector[..., 1:2] + scale * (e_along * sy + e_across * sx)  # (B, L - 1, S*S)
+    x, y = (torch.gather(c, 1, bone[:, None]).squeeze(1) for c in (x, y))  # (B, S*S) each: the chosen bone's
+    grid = torch.stack([x, y], dim=-1).view(b, size, size, 2).add(0.5).mul(2 / size).sub(1)  # (B, S, S, 2) in [-1, 1]
+    pixels = F.grid_sample((source.float() + 1) / 2, grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)  # (B, 3, S, S) in [0, 1]
+    mask = covered.view(b, 1, size, size).float()  # (B, 1, S, S)
+    return torch.cat([pixels * mask, mask], dim=1).to(source.dtype)  # (B, 4, S, S)
+
+
+SOURCE_PAINTS = ("mean", "warp")  # UNetConfig.source_paint: paint_source_colours, warp_source
+
+
+def source_map(paint: str, source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor,
+               part_colours: tuple | None = None) -> torch.Tensor:
+    """The 4-channel appearance map of the target pose, by `paint` (SOURCE_PAINTS): (B, 4, S, S).
+    part_colours: "mean" only, source_part_colours already read (streaming)."""
+    if paint == "warp":
+        return warp_source(source, source_kp, target_kp)
+    if paint == "mean":
+        return paint_source_colours(source, source_kp, target_kp, part_colours=part_colours)
+    raise ValueError(f"source paint {paint!r}: expected one of {', '.join(SOURCE_PAINTS)}")

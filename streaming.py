@@ -230,7 +230,7 @@ class Live:
         if source_keypoints is not None:
             kp = torch.from_numpy(live.to_image_frame(source_keypoints))  # (K, 2) in the S x S frame
             live.source_kp = kp[None].to(source.device)  # (1, K, 2)
-            if gen.unet.config.source_colours:  # the source's part colours, like its tokens, read once
+            if gen.unet.config.source_colours and gen.unet.config.source_paint == "mean":  # read once, like the tokens
                 live.part_colours = poses.source_part_colours(source, live.source_kp)  # (1, L, 3), (1, L)
         return live
 

@@ -109,6 +109,10 @@ class TrainConfig:
                                                "colours (poses.paint_source_colours); unset: the UNet preset's "
                                                "(on in the CPU presets tiny, tiny48 and small, off in base "
                                                "as in the papers)")
+    source_paint: str = option("", "with source colours, how: warp (the source's pixels moved part by part "
+                                   "into the target pose, poses.warp_source) or mean (one mean colour per "
+                                   "part); empty: the UNet preset's (warp in the CPU presets)",
+                               choices=("",) + unet_lib.SOURCE_PAINTS)
     fusion_ckpt: str = option("", "a trained fusion .pt; empty: <out>/fusion.pt, trained if missing")
     use_fusion: bool | None = option(None, "condition on the fusion embedding; unset: fpdm yes, rpfm no "
                                            "(--no-use-fusion: FPDM's ablations B1-B3; --use-fusion on rpfm: "
@@ -306,7 +310,7 @@ def latent_stage(cfg: TrainConfig, vae: nn.Module, fusion_model, pose_channels: 
     seed_everything(cfg.seed)  # the same initial weights on every rank, in every run
     # sizes follow the data and the frozen stages; fusion_dim 0: RPFM has no fusion input at all
     ucfg = unet_config_for(cfg.unet, cfg.image_size, vae, fusion_model, pose_channels, cfg.source_checkpoint,
-                           cfg.source_colours)
+                           cfg.source_colours, cfg.source_paint)
     model = unet_lib.UNet(ucfg)
     process = make_process(cfg.method, dataclasses.asdict(cfg))
 

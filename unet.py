@@ -11,10 +11,11 @@ from a noisy latent x_t, a time t, and three conditions:
   added to the time embedding, and the conv encoder's tokens carry their cell's mean colour
   (UNetConfig.source_global / source_pixels: without them the tiny models drew the pose in colours
   unrelated to the source's);
-- in the CPU presets, the target pose painted in the source's colours (UNetConfig.source_colours,
-  poses.paint_source_colours), carried in the pose map's last 4 channels and also given at the
-  latent size beside x_t: attention must first learn WHERE in the source each part is, which 800
-  CPU steps do not teach; the painting says it from the keypoints (RESULTS.md, "appearance");
+- in the CPU presets, the source warped part by part into the target pose (UNetConfig.source_colours
+  with source_paint "warp", poses.warp_source; "mean" paints one mean colour per part instead),
+  carried in the pose map's last 4 channels and also given at the latent size beside x_t:
+  attention must first learn WHERE in the source each part is, which 800 CPU steps do not teach;
+  the warp says it from the keypoints (RESULTS.md, "appearance", "the source warped");
 - FPDM's global fusion embedding, passed through an MLP and added to the time embedding.
 
 The network itself is the latent-diffusion UNet: ResNet blocks that take the time (+ global)
@@ -34,8 +35,8 @@ Papers:
 Inputs of forward(x_t, t, pose, src_tokens, fusion):
   x_t (B, C, h, w) latents; t (B,) float in [0, 1000] (flow time x 1000, or the diffusion step);
   pose (B, P, S, S) in [0, 1], P = 3 (the OpenPose picture) or 21 (+ 18 heatmaps), and with
-    `source_colours` (the CPU presets) 4 more: the target pose painted in the source's colours
-    (poses.paint_source_colours; pipeline.build_cond appends them). The pose encoder's last conv
+    `source_colours` (the CPU presets) 4 more: the source in the target pose (poses.source_map:
+    warped or painted, per `source_paint`; pipeline.build_cond appends them). The pose encoder's last conv
     starts at zero, so the pose map adds nothing at step 0 and is learnt from there (the painted
     colours also enter conv_in at the latent size, and count from the start);
   src_tokens (B, N, D) from `encode_source(source)`, computed once per source image;
@@ -77,7 +78,7 @@ from einops import rearrange
 from torch import nn
 
 from cli import option, parse_config, resolve_config
-from poses import SOURCE_COLOUR_CHANNELS
+from poses import SOURCE_COLOUR_CHANNELS, SOURCE_PAINTS
 from source_encoder import SourceEncoder, group_norm  # the photo as tokens (its own file)
 from vae import Upsample  # the same block as the VAE's; vae.py imports nothing of unet.py
 
@@ -113,6 +114,9 @@ class UNetConfig:
     source_queries: int = 4              # source_global: the tokens are pooled by this many learned queries
     source_colours: bool = False         # the pose map also carries the target pose painted in the
                                          # source's colours (poses.paint_source_colours, 4 more channels)
+    source_paint: str = "mean"           # source_colours: how. "mean": one mean colour per part
+                                         # (paint_source_colours); "warp": the source's pixels moved part
+                                         # by part (poses.warp_source: patterns, hair, hems travel too)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -135,6 +139,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig: latent_size {self.latent_size} must be divisible by "
                              f"2**(len(channel_mult) - 1) = {2 ** (len(self.channel_mult) - 1)}; a preset with "
                              f"fewer levels fits (tiny48 for 48 px)")
+        if self.source_paint not in SOURCE_PAINTS:
+            raise ValueError(f"UNetConfig: source_paint {self.source_paint!r}: expected one of {', '.join(SOURCE_PAINTS)}")
         for level in self.attention_levels:
             if not 0 <= level < len(self.channel_mult):
                 raise ValueError(f"UNetConfig: attention level {level} outside 0..{len(self.channel_mult) - 1}")
@@ -160,7 +166,7 @@ _TINY = UNetConfig(
     image_size=64, latent_size=16, latent_channels=8, fusion_dim=128, context_dim=128,
     model_channels=32, channel_mult=(1, 1, 2, 4), num_res_blocks=1, attention_levels=(1, 2, 3),
     head_dim=32, ff_mult=2, pose_widths=(8, 16, 32), source_widths=(8, 16, 32, 64), min_group_width=4,
-    source_pixels=True, source_global=True, source_colours=True)
+    source_pixels=True, source_global=True, source_colours=True, source_paint="warp")
 
 PRESETS = {
     "tiny": _TINY,
@@ -174,7 +180,7 @@ PRESETS = {
         image_size=128, latent_size=32, fusion_dim=128, context_dim=256, model_channels=64,
         channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(1, 2, 3), head_dim=32, ff_mult=4,
         pose_widths=(16, 32, 64), source_widths=(16, 32, 64, 128), min_group_width=4,
-        source_pixels=True, source_global=True, source_colours=True),
+        source_pixels=True, source_global=True, source_colours=True, source_paint="warp"),
     # 256 px on one GPU, latent 32x32x4 (SD VAE, downsample 8), SD-like widths 320/640/1280/1280,
     # attention at the three finest levels like SD; source tokens from DINOv2 ViT-B/14 at 224 px
     # (16 x 16 patches + 1 class token = 257 tokens), random init unless source_pretrained.

@@ -223,6 +223,37 @@ def test_source_part_colours_read_once_paint_the_same():
     assert torch.equal(direct, cached) and direct[:, 3].sum() > 0
 
 
+def test_warp_source_is_the_identity_in_the_same_pose_and_moves_with_the_pose():
+    """Closed forms of the part-wise warp: in the source's own pose every covered pixel is the source's
+    own pixel; with the whole pose 5 px to the right (every bone turned by 0, scaled by 1) a covered
+    pixel is the source pixel 5 px to its left, patterns included, which one mean colour per part
+    could not give."""
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1  # (1, 3, S, S): noise, a "pattern" everywhere
+    kp = _standing()[None]  # (1, 18, 2)
+    same = poses.warp_source(source, kp, kp)[0]  # (4, S, S)
+    covered = same[3] > 0
+    assert covered.sum() > 200 and same[:3, ~covered].eq(0).all()
+    torch.testing.assert_close(same[:3, covered], ((source[0] + 1) / 2)[:, covered], atol=1e-5, rtol=0)
+    moved = poses.warp_source(source, kp, _standing(dx=5)[None])[0]  # (4, S, S)
+    inside = moved[3, :, 5:] > 0  # (S, S - 5): covered, and its source pixel inside the image
+    torch.testing.assert_close(moved[:3, :, 5:][:, inside], ((source[0, :, :, :-5] + 1) / 2)[:, inside],
+                               atol=1e-5, rtol=0)
+    assert inside.sum() > 200
+
+
+def test_warp_source_reaches_past_the_part_masks_and_skips_what_either_pose_lacks():
+    kp = _standing()[None]
+    covered = poses.warp_source(torch.zeros(1, 3, 32, 32), kp, kp)[0, 3] > 0
+    masks = poses.paint_masks(kp, 32).any(1)[0]  # (S, S)
+    assert (covered & ~masks).sum() > 20 and not (masks & ~covered).any()  # hair and hems: beyond the masks
+    no_source = torch.full_like(kp, poses.MISSING)
+    assert poses.warp_source(torch.zeros(1, 3, 32, 32), no_source, kp).eq(0).all()
+    assert poses.source_map("warp", torch.zeros(1, 3, 32, 32), kp, kp).shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="source paint 'blur'"):
+        poses.source_map("blur", torch.zeros(1, 3, 32, 32), kp, kp)
+
+
 def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
     ds = data.PairDataset(tiny_root, "train", 32, flip=True, verbose=False)
     plain, flipped = ds.load_item(0, flipped=False), ds.load_item(0, flipped=True)

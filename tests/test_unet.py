@@ -185,6 +185,8 @@ def test_config_errors_are_clear():
         UNetConfig(image_size=64, latent_size=8)  # an 8x encoder needs 4 pose widths
     with pytest.raises(ValueError, match="tiny48 for 48 px"):  # 12 does not halve three times
         UNetConfig(**dict(dataclasses.asdict(unet.PRESETS["tiny"]), image_size=48, latent_size=12))
+    with pytest.raises(ValueError, match="source_paint 'blur': expected one of mean, warp"):
+        dataclasses.replace(unet.PRESETS["tiny"], source_paint="blur")
     model = _tiny()
     inputs = model.example_inputs(batch_size=1)
     with pytest.raises(ValueError, match="pose"):
