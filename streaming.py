@@ -214,7 +214,7 @@ class Live:
     precision: str = "auto"
     seed: int = 0
     source_kp: torch.Tensor | None = None  # (1, K, 2) the source's pose in the S x S frame (missing: not known)
-    part_colours: tuple | None = None  # poses.source_part_colours of the source, read once; None: no painting
+    part_colours: tuple | None = None  # source_paint "mean": its part colours, read once; else None (the warp reads the source)
 
     @classmethod
     @torch.inference_mode()
