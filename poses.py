@@ -265,6 +265,20 @@ def _torso_mask(kp: torch.Tensor, layout: Layout, size: int) -> torch.Tensor:
     return (mask & present[:, None]).reshape(b, 1, size, size)
 
 
+def _paint_order(layout: Layout) -> tuple[list, list]:
+    """The layout's bones split for painting: those inside the trunk (neck to shoulders and hips),
+    painted under the torso, and the rest, painted over it; bone indices, ([], all) without a torso."""
+    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
+    return trunk, [i for i in range(len(layout.bones)) if i not in trunk]
+
+
+def _last_part(masks: torch.Tensor) -> torch.Tensor:
+    """bool (B, L, ...) part masks in painting order -> (B, ...) the last part painted at each pixel,
+    counted from 1; 0 where none is."""
+    order = torch.arange(1, masks.shape[1] + 1, device=masks.device).view(1, -1, *[1] * (masks.dim() - 2))
+    return (masks * order).amax(dim=1)
+
+
 def paint_masks(keypoints: torch.Tensor, size: int) -> torch.Tensor:
     """(B, K, 2) (x, y) keypoints in the S x S frame -> bool (B, L, S, S), in painting order: the
     bones inside the trunk (neck to shoulders and hips), the torso over them, then the other bones
@@ -276,8 +290,7 @@ def paint_masks(keypoints: torch.Tensor, size: int) -> torch.Tensor:
     layout = layout_of(keypoints[0])
     kp = keypoints.float()
     bones = _segment_masks(kp, layout, size)  # (B, L - 1, S, S)
-    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
-    rest = [i for i in range(len(layout.bones)) if i not in trunk]
+    trunk, rest = _paint_order(layout)
     return torch.cat([bones[:, trunk], _torso_mask(kp, layout, size), bones[:, rest]], dim=1)
 
 
@@ -308,8 +321,7 @@ def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_k
     b, size = source.shape[0], source.shape[-1]
     colours, shown = source_part_colours(source, source_kp) if part_colours is None else part_colours
     tgt_masks = paint_masks(target_kp, size) & shown[..., None, None]  # (B, L, S, S): only parts the source shows
-    order = torch.arange(1, tgt_masks.shape[1] + 1, device=source.device).view(1, -1, 1, 1)
-    last = (tgt_masks * order).amax(dim=1)  # (B, S, S): the last part painted at each pixel, 0 = none
+    last = _last_part(tgt_masks)  # (B, S, S): the last part painted at each pixel, 0 = none
     index = (last - 1).clamp_min(0)  # (B, S, S)
     painted = torch.gather(colours, 1, index.flatten(1)[..., None].expand(-1, -1, 3))  # (B, S*S, 3)
     covered = (last > 0).flatten(1)[..., None].float()  # (B, S*S, 1)
@@ -332,7 +344,8 @@ def _bone_frames(kp: torch.Tensor, bones: torch.Tensor) -> tuple[torch.Tensor, t
 def _bone_coordinates(kp: torch.Tensor, bones: torch.Tensor, size: int):
     """Every pixel of the S x S image relative to every bone of the TARGET pose: where along the
     bone its closest point lies (0..1), and its offset from that point, both along the bone and across
-    it. Returns along, (offset along, offset across), distance; each (B, L - 1, S*S)."""
+    it. Returns along, (offset along, offset across), distance, each (B, L - 1, S*S), and the bones'
+    lengths (B, L - 1)."""
     start, vector, length = _bone_frames(kp, bones)
     ux, uy = (vector / length.clamp_min(1e-6)[..., None]).unbind(-1)  # (B, L - 1) each: the bone's direction
     ux, uy = ux[..., None], uy[..., None]  # (B, L - 1, 1)
@@ -341,7 +354,7 @@ def _bone_coordinates(kp: torch.Tensor, bones: torch.Tensor, size: int):
     along = ((px * ux + py * uy) / length.clamp_min(1e-6)[..., None]).clamp(0, 1)  # (B, L - 1, S*S)
     ex, ey = px - along * vector[..., 0:1], py - along * vector[..., 1:2]  # (B, L - 1, S*S) from the closest point
     turned = (ex * ux + ey * uy, ey * ux - ex * uy)  # (B, L - 1, S*S) x2: in the bone's own axes
-    return along, turned, (ex * ex + ey * ey).sqrt()
+    return along, turned, (ex * ex + ey * ey).sqrt(), length
 
 
 def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tensor, size: int, reach: float):
@@ -351,12 +364,9 @@ def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tens
     torso is the arm); the torso quadrilateral belongs to its nearest trunk bone (neck to shoulders
     and hips). Outside them, the nearest bone within `reach` (hair around the head, a skirt between
     the thighs). `distance` is inf for a bone either pose lacks, so such a bone never wins."""
-    masks = paint_masks(target_kp, size).flatten(2)  # (B, L, S*S): trunk bones, torso, other bones
-    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
-    rest = [i for i in range(len(layout.bones)) if i not in trunk]
+    trunk, rest = _paint_order(layout)
     part_bone = torch.tensor(trunk + [-1] + rest, device=distance.device)  # paint part -> bone, -1: the torso
-    order = torch.arange(1, masks.shape[1] + 1, device=distance.device).view(1, -1, 1)
-    last = (masks * order).amax(dim=1)  # (B, S*S): the last part painted at each pixel, 0 = none
+    last = _last_part(paint_masks(target_kp, size).flatten(2))  # (B, S*S): the last part painted, 0 = none
     chosen = part_bone[(last - 1).clamp_min(0)]  # (B, S*S)
     nearest = distance.argmin(dim=1)  # (B, S*S)
     if trunk:
@@ -389,11 +399,10 @@ def warp_source(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.
     kt, ks = target_kp.float(), source_kp.float()
     present = (kt[:, bones] >= 0).flatten(2).all(-1) & (ks[:, bones] >= 0).flatten(2).all(-1)  # (B, L - 1)
     s_start, s_vector, s_length = _bone_frames(ks, bones)
-    t_length = _bone_frames(kt, bones)[2]
+    along, (e_along, e_across), distance, t_length = _bone_coordinates(kt, bones, size)
     present = present & (t_length > 0.5) & (s_length > 0.5)  # a bone of no length has no direction
     ratio = torch.where(present, s_length / t_length.clamp_min(1e-6), torch.nan)  # (B, L - 1)
     scale = ratio.nanmedian(dim=1).values.nan_to_num(1.0)[:, None, None]  # (B, 1, 1): source size / target size
-    along, (e_along, e_across), distance = _bone_coordinates(kt, bones, size)
     bone, covered = _bone_of_pixel(kt, layout, torch.where(present[..., None], distance, torch.inf), size, reach)
     sx, sy = (s_vector / s_length.clamp_min(1e-6)[..., None])[..., None, :].unbind(-1)  # (B, L - 1, 1): its direction
     x = s_start[..., 0:1] + along * s_vector[..., 0:1] + scale * (e_along * sx - e_across * sy)  # (B, L - 1, S*S)

@@ -105,8 +105,8 @@ class TrainConfig:
     fusion_pretrained: str = option("", "fusion encoder weights: an open_clip tag (openai), a local "
                                        "file, or none (random init); empty: the preset's")
     source_checkpoint: str = option("", "a local timm weight file for a ViT source encoder (DINOv2)")
-    source_colours: bool | None = option(None, "also give the UNet the target pose painted in the source's "
-                                               "colours (poses.paint_source_colours); unset: the UNet preset's "
+    source_colours: bool | None = option(None, "also give the UNet the source in the target pose (warped or "
+                                               "painted, --source-paint; poses.source_map); unset: the UNet preset's "
                                                "(on in the CPU presets tiny, tiny48 and small, off in base "
                                                "as in the papers)")
     source_paint: str = option("", "with source colours, how: warp (the source's pixels moved part by part "

@@ -112,8 +112,8 @@ class UNetConfig:
     source_global: bool = False          # also add the pooled source tokens to the time embedding (AdaGN);
                                          # on in the CPU presets, where cross-attention alone lost the look
     source_queries: int = 4              # source_global: the tokens are pooled by this many learned queries
-    source_colours: bool = False         # the pose map also carries the target pose painted in the
-                                         # source's colours (poses.paint_source_colours, 4 more channels)
+    source_colours: bool = False         # the pose map also carries the source in the target pose
+                                         # (poses.source_map, 4 more channels)
     source_paint: str = "mean"           # source_colours: how. "mean": one mean colour per part
                                          # (paint_source_colours); "warp": the source's pixels moved part
                                          # by part (poses.warp_source: patterns, hair, hems travel too)
