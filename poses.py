@@ -33,7 +33,8 @@ each body part (the torso, then every bone as a thick segment) takes the mean co
 part in the source photo and is painted where that part lies in the target pose. `warp_source`
 goes the rest of the way to Deformable GANs' part-wise transforms: every target pixel near a bone
 takes the source pixel at the same place relative to the same bone, so patterns, hair and hems
-travel too (the CPU presets use it: RESULTS.md, "the source warped").
+travel too; the head moves as one part, and a leg the frame cuts off is continued (the CPU presets
+use it: RESULTS.md, "the source warped" and "the head and the legs").
 
 Shapes: K joints (18 or 50), H W the height and width drawn at, B batch, S the square training
 size, L parts (the torso and the layout's bones).
@@ -74,6 +75,8 @@ class Layout:
     joint_colors: tuple  # one RGB per joint, None: no dot (finger joints are too small)
     frame: tuple  # (H, W) of the frame the dataset files give keypoints in
     torso: tuple = ()  # (r_shoulder, l_shoulder, l_hip, r_hip) when the layout has hips
+    face: tuple = ()  # the joints whose mean is the head's centre (warp_source's head part)
+    legs: tuple = ()  # ((hip, knee, ankle), ...): warp_source continues a leg the frame cuts off
 
     @property
     def flip_perm(self) -> tuple:
@@ -104,7 +107,8 @@ POSE_COLORS = (
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
 COCO18 = Layout("coco18", KEYPOINT_NAMES, LIMBS, POSE_COLORS[:len(LIMBS)], (LIMB_WIDTH,) * len(LIMBS),
-                POSE_COLORS, frame=(256, 176), torso=(2, 5, 11, 8))
+                POSE_COLORS, frame=(256, 176), torso=(2, 5, 11, 8), face=(0, 14, 15, 16, 17),
+                legs=((8, 9, 10), (11, 12, 13)))
 FLIP_PERM = COCO18.flip_perm
 
 # ----------------------------------------------------------------------------- upper body + hands
@@ -130,7 +134,7 @@ _SIGN_COLORS = tuple(POSE_COLORS[i] for i in _BODY_LIMBS) + tuple(
     FINGER_COLORS[k // 4] for _ in range(2) for k in range(len(HAND_BONES)))
 SIGN50 = Layout("sign50", _SIGN_NAMES, _SIGN_BONES, _SIGN_COLORS,
                 (LIMB_WIDTH,) * len(_BODY_LIMBS) + (HAND_WIDTH,) * (2 * len(HAND_BONES)),
-                POSE_COLORS[:8] + (None,) * (2 * HAND_POINTS), frame=(260, 210))
+                POSE_COLORS[:8] + (None,) * (2 * HAND_POINTS), frame=(260, 210), face=(0,))
 
 LAYOUTS = {len(layout.joint_names): layout for layout in (COCO18, SIGN50)}
 
@@ -331,7 +335,39 @@ def paint_source_colours(source: torch.Tensor, source_kp: torch.Tensor, target_k
 
 # ----------------------------------------------------------------------------- the source warped into the target pose
 
-WARP_REACH = 0.1    # of the image size: how far beyond the part masks a bone still carries the source (hair, skirts)
+WARP_REACH = 0.1    # of the image size: how far beyond the part masks a bone still carries the source (skirts, collars)
+HEAD_RADIUS = 1.2   # the head's part: a disc this many neck-to-head-centre lengths around the head centre
+# A leg the frame cuts off (DeepFashion's upper-body crops: 61 % of the benchmark's training targets lack
+# their knees) goes on in the direction it came from: the knee THIGH_PER_TORSO neck-to-hip lengths below
+# the hip, the ankle SHIN_PER_THIGH thigh lengths below the knee, the medians of the benchmark's training
+# keypoints (real DeepFashion OpenPose annotations) where all three joints are seen.
+THIGH_PER_TORSO, SHIN_PER_THIGH = 0.79, 0.95
+
+
+def _continue_legs(kp: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, K, 2) -> (B, K, 2) with every missing knee and ankle whose hip (and neck) is seen put where
+    the leg would go on (THIGH_PER_TORSO, SHIN_PER_THIGH); a layout without legs comes back as it was."""
+    kp = kp.clone()
+
+    def seen(j):  # (B, 1): joint j is there (given or already continued)
+        return (kp[:, j] >= 0).all(-1, keepdim=True)
+
+    for hip, knee, ankle in layout.legs:
+        below_hip = kp[:, hip] + THIGH_PER_TORSO * (kp[:, hip] - kp[:, 1])  # (B, 2): along neck -> hip
+        kp[:, knee] = torch.where(~seen(knee) & seen(hip) & seen(1), below_hip, kp[:, knee])
+        below_knee = kp[:, knee] + SHIN_PER_THIGH * (kp[:, knee] - kp[:, hip])  # (B, 2): along hip -> knee
+        kp[:, ankle] = torch.where(~seen(ankle) & seen(knee) & seen(hip), below_knee, kp[:, ankle])
+    return kp
+
+
+def _with_head(kp: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, K, 2) -> (B, K + 1, 2): the head's centre appended as one more joint, the mean of the face
+    joints seen (the ears alone for a back view); missing without the neck or any face joint."""
+    face = kp[:, list(layout.face)]  # (B, F, 2)
+    seen = (face >= 0).all(-1, keepdim=True).float()  # (B, F, 1)
+    centre = (face * seen).sum(1) / seen.sum(1).clamp_min(1)  # (B, 2)
+    known = (seen.sum(1) > 0) & (kp[:, 1] >= 0).all(-1, keepdim=True)  # (B, 1): a face joint and the neck
+    return torch.cat([kp, torch.where(known, centre, torch.full_like(centre, MISSING))[:, None]], dim=1)
 
 
 def _bone_frames(kp: torch.Tensor, bones: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -357,26 +393,35 @@ def _bone_coordinates(kp: torch.Tensor, bones: torch.Tensor, size: int):
     return along, turned, (ex * ex + ey * ey).sqrt(), length
 
 
-def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tensor, size: int, reach: float):
+def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tensor, head: torch.Tensor,
+                   size: int, reach: float):
     """Which bone carries each target pixel, (B, S*S), and whether any does, (B, S*S) bool.
 
-    Inside the part masks the part painted last wins (paint_masks' order: an arm in front of the
-    torso is the arm); the torso quadrilateral belongs to its nearest trunk bone (neck to shoulders
-    and hips). Outside them, the nearest bone within `reach` (hair around the head, a skirt between
-    the thighs). `distance` is inf for a bone either pose lacks, so such a bone never wins."""
+    `distance` (B, L, S*S) is to the layout's bones and, last, the head's (neck to head centre); inf
+    for a bone either pose lacks, so such a bone never wins. Inside the part masks the part painted
+    last wins (paint_masks' order: an arm in front of the torso is the arm); the torso quadrilateral
+    belongs to its nearest trunk bone (neck to shoulders and hips). The head's disc, `head` (B, S*S),
+    belongs to the head bone wherever no part but the face's own bones is painted: one transform for
+    the whole head, so hair above it and a back view's head travel with it. Elsewhere, the nearest bone
+    within `reach` (a skirt between the thighs, a collar)."""
     trunk, rest = _paint_order(layout)
     part_bone = torch.tensor(trunk + [-1] + rest, device=distance.device)  # paint part -> bone, -1: the torso
+    face_bone = torch.tensor([bool({a, b} & set(layout.face)) for a, b in layout.bones] + [False],
+                             device=distance.device)  # (L,): bones touching a face joint; -1 (torso) reads False
     last = _last_part(paint_masks(target_kp, size).flatten(2))  # (B, S*S): the last part painted, 0 = none
     chosen = part_bone[(last - 1).clamp_min(0)]  # (B, S*S)
-    nearest = distance.argmin(dim=1)  # (B, S*S)
+    limbs = distance[:, :-1]  # (B, L - 1, S*S): the layout's own bones
+    nearest = limbs.argmin(dim=1)  # (B, S*S)
     if trunk:
         trunk_ids = torch.tensor(trunk, device=distance.device)
-        chosen = torch.where(chosen < 0, trunk_ids[distance[:, trunk_ids].argmin(dim=1)], chosen)
+        chosen = torch.where(chosen < 0, trunk_ids[limbs[:, trunk_ids].argmin(dim=1)], chosen)
     bone = torch.where(last > 0, chosen, nearest)  # (B, S*S)
-    usable = torch.gather(distance, 1, bone[:, None]).squeeze(1).isfinite()  # (B, S*S)
+    usable = torch.gather(limbs, 1, bone[:, None]).squeeze(1).isfinite()  # (B, S*S)
     bone = torch.where(usable, bone, nearest)  # a part the source lacks: the nearest bone it has
-    best = distance.amin(dim=1)  # (B, S*S)
-    return bone, ((last > 0) | (best <= reach * size)) & best.isfinite()
+    best = limbs.amin(dim=1)  # (B, S*S)
+    head = head & ((last == 0) | face_bone[part_bone[(last - 1).clamp_min(0)]])  # (B, S*S)
+    bone = torch.where(head, distance.shape[1] - 1, bone)  # (B, S*S)
+    return bone, (((last > 0) | (best <= reach * size)) & best.isfinite()) | head
 
 
 def warp_source(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor,
@@ -388,25 +433,34 @@ def warp_source(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.
     pixel near a bone (_bone_of_pixel) sits at some point along it and some offset from it; it takes the
     source pixel at the same point along the same bone in the source pose, with the offset turned as
     the bone turned and scaled by the ratio of the two bodies' sizes (the median ratio of their bone
-    lengths). So stripes, checks, hair and a skirt's hem travel with their part, where the mean colour
-    of a part carries none of them. A bone missing in either pose carries nothing.
+    lengths). So stripes, checks and a skirt's hem travel with their part, where the mean colour of a
+    part carries none of them. The head is one more part, as in Deformable GANs: a disc around the
+    face joints' centre (HEAD_RADIUS) moved with the neck-to-head bone, so the hair travels with it;
+    and a leg the frame cuts off goes on (_continue_legs), so trousers and skirts down to the frame's
+    edge travel with the hips. A bone missing in either pose carries nothing.
     note: a wider reach (0.14) and head bones that only move and scale were tried and carried less
-    (RESULTS.md, "the source warped"): the farther from its bone, the worse a pixel's guess.
+    (RESULTS.md, "the source warped"): the farther from its bone, the worse a pixel's guess; the head
+    disc and the continued legs carried more (RESULTS.md, "the head and the legs").
     """
     b, size = source.shape[0], source.shape[-1]
     layout = layout_of(target_kp[0])
-    bones = torch.tensor(layout.bones, device=source.device)  # (L - 1, 2)
-    kt, ks = target_kp.float(), source_kp.float()
-    present = (kt[:, bones] >= 0).flatten(2).all(-1) & (ks[:, bones] >= 0).flatten(2).all(-1)  # (B, L - 1)
+    head_joint = len(layout.joint_names)  # index of the head's centre, appended by _with_head
+    bones = torch.tensor(layout.bones + ((1, head_joint),), device=source.device)  # (L, 2): + neck -> head
+    kt, ks = (_with_head(_continue_legs(kp.float(), layout), layout) for kp in (target_kp, source_kp))
+    present = (kt[:, bones] >= 0).flatten(2).all(-1) & (ks[:, bones] >= 0).flatten(2).all(-1)  # (B, L)
     s_start, s_vector, s_length = _bone_frames(ks, bones)
     along, (e_along, e_across), distance, t_length = _bone_coordinates(kt, bones, size)
     present = present & (t_length > 0.5) & (s_length > 0.5)  # a bone of no length has no direction
-    ratio = torch.where(present, s_length / t_length.clamp_min(1e-6), torch.nan)  # (B, L - 1)
+    ratio = torch.where(present, s_length / t_length.clamp_min(1e-6), torch.nan)[:, :-1]  # (B, L - 1): limbs only
     scale = ratio.nanmedian(dim=1).values.nan_to_num(1.0)[:, None, None]  # (B, 1, 1): source size / target size
-    bone, covered = _bone_of_pixel(kt, layout, torch.where(present[..., None], distance, torch.inf), size, reach)
-    sx, sy = (s_vector / s_length.clamp_min(1e-6)[..., None])[..., None, :].unbind(-1)  # (B, L - 1, 1): its direction
-    x = s_start[..., 0:1] + along * s_vector[..., 0:1] + scale * (e_along * sx - e_across * sy)  # (B, L - 1, S*S)
-    y = s_start[..., 1:2] + along * s_vector[..., 1:2] + scale * (e_along * sy + e_across * sx)  # (B, L - 1, S*S)
+    xs, ys = _pixel_grid(size, kt)  # (S*S,) each
+    to_head = ((xs - kt[:, head_joint, 0:1]) ** 2 + (ys - kt[:, head_joint, 1:2]) ** 2).sqrt()  # (B, S*S)
+    head = (to_head <= HEAD_RADIUS * t_length[:, -1:]) & present[:, -1:]  # (B, S*S): the head's disc
+    bone, covered = _bone_of_pixel(kt[:, :head_joint], layout, torch.where(present[..., None], distance, torch.inf),
+                                   head, size, reach)
+    sx, sy = (s_vector / s_length.clamp_min(1e-6)[..., None])[..., None, :].unbind(-1)  # (B, L, 1): its direction
+    x = s_start[..., 0:1] + along * s_vector[..., 0:1] + scale * (e_along * sx - e_across * sy)  # (B, L, S*S)
+    y = s_start[..., 1:2] + along * s_vector[..., 1:2] + scale * (e_along * sy + e_across * sx)  # (B, L, S*S)
     x, y = (torch.gather(c, 1, bone[:, None]).squeeze(1) for c in (x, y))  # (B, S*S) each: the chosen bone's
     grid = torch.stack([x, y], dim=-1).view(b, size, size, 2).add(0.5).mul(2 / size).sub(1)  # (B, S, S, 2) in [-1, 1]
     pixels = F.grid_sample((source.float() + 1) / 2, grid, mode="bilinear", padding_mode="border",

@@ -173,11 +173,11 @@ def test_flip_swaps_left_and_right():
     assert poses.LIMBS[4] == (5, 6) and tuple(flipped[60, 127 - 60]) == poses.POSE_COLORS[4]  # ...as a left arm
 
 
-def _standing(size=32, dx=0.0):
-    """A complete COCO-18 pose standing in a size x size frame, shifted dx pixels to the right."""
+def _standing(size=32, dx=0.0, dy=0.0):
+    """A complete COCO-18 pose standing in a size x size frame, shifted dx pixels to the right, dy down."""
     kp = np.array([[16, 4], [16, 8], [12, 8], [11, 13], [10, 17], [20, 8], [21, 13], [22, 17], [13, 18],
                    [13, 24], [13, 30], [19, 18], [19, 24], [19, 30], [15, 3], [17, 3], [14, 3], [18, 3]], np.float32)
-    return torch.from_numpy(kp + np.float32([dx, 0]))
+    return torch.from_numpy(kp + np.float32([dx, dy]))
 
 
 def test_paint_source_colours_moves_each_part_colour_to_the_target_pose():
@@ -252,6 +252,53 @@ def test_warp_source_reaches_past_the_part_masks_and_skips_what_either_pose_lack
     assert poses.source_map("warp", torch.zeros(1, 3, 32, 32), kp, kp).shape == (1, 4, 32, 32)
     with pytest.raises(ValueError, match="source paint 'blur'"):
         poses.source_map("blur", torch.zeros(1, 3, 32, 32), kp, kp)
+
+
+def test_warp_source_moves_the_whole_head_with_its_hair():
+    """The head is one part (poses.HEAD_RADIUS around the face joints' centre): a pixel above the head,
+    farther from every head bone than the reach, is carried, the source's own pixel in the same pose and
+    the pixel 5 px to its left with the pose 5 px to the right; a back view (the ears alone) still has a
+    head, a pose without face joints has none."""
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1  # (1, 3, S, S)
+    kp = _standing(dy=6)[None]  # (1, 18, 2): the head centre at (16, 9.2), 4.8 px above the neck
+    top = (4, 16)  # (row, column): 5.2 px above the head centre, 5 px above the eyes and ears
+    bones = poses._segment_masks(kp, poses.COCO18, 32)[0]  # (L - 1, S, S)
+    assert not bones[:, top[0], top[1]].any()  # no part covers it ...
+    same = poses.warp_source(source, kp, kp)[0]  # (4, S, S)
+    assert same[3, top[0], top[1]] == 1  # ... the head does
+    torch.testing.assert_close(same[:3, top[0], top[1]], (source[0, :, top[0], top[1]] + 1) / 2, atol=1e-5, rtol=0)
+    moved = poses.warp_source(source, kp, _standing(dx=5, dy=6)[None])[0]  # (4, S, S)
+    torch.testing.assert_close(moved[:3, top[0], top[1] + 5], (source[0, :, top[0], top[1]] + 1) / 2,
+                               atol=1e-5, rtol=0)
+    back = kp.clone()
+    back[0, [0, 14, 15]] = poses.MISSING  # no nose, no eyes: the ears' centre (16, 9) is the head's
+    assert poses.warp_source(source, back, back)[0, 3, top[0], top[1]] == 1
+    faceless = kp.clone()
+    faceless[0, [0, 14, 15, 16, 17]] = poses.MISSING
+    assert poses.warp_source(source, faceless, faceless)[0, 3, top[0], top[1]] == 0
+
+
+def test_warp_source_continues_a_leg_the_frame_cuts_off():
+    """A pose without knees and ankles (an upper-body crop) gets them where the legs would go on
+    (poses.THIGH_PER_TORSO below the hip along neck -> hip, then SHIN_PER_THIGH); seen joints stay;
+    so the warp carries the trousers below the hips, the source's own pixels in the same pose."""
+    kp = _standing()[None]
+    crop = kp.clone()
+    crop[0, [9, 10, 12, 13]] = poses.MISSING
+    done = poses._continue_legs(crop, poses.COCO18)[0]  # (18, 2)
+    neck, hip = kp[0, 1], kp[0, 8]
+    torch.testing.assert_close(done[9], hip + poses.THIGH_PER_TORSO * (hip - neck))
+    torch.testing.assert_close(done[10], done[9] + poses.SHIN_PER_THIGH * (done[9] - hip))
+    assert torch.equal(poses._continue_legs(kp, poses.COCO18), kp)  # nothing missing: nothing moves
+    sign = torch.rand(1, 50, 2)
+    assert torch.equal(poses._continue_legs(sign, poses.SIGN50), sign)  # no legs in the layout
+    source = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    warped = poses.warp_source(source, crop, crop)[0]  # (4, S, S)
+    thigh = (24, 12)  # (row, column): on the continued right thigh, 6 px below the hip
+    assert warped[3, thigh[0], thigh[1]] == 1 and warped[3, 24:].sum() > 20
+    torch.testing.assert_close(warped[:3, thigh[0], thigh[1]], (source[0, :, thigh[0], thigh[1]] + 1) / 2,
+                               atol=1e-5, rtol=0)
 
 
 def test_dataset_flip_mirrors_images_and_poses_together(tiny_root):
