@@ -371,9 +371,10 @@ def _with_head(kp: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 
 def _bone_frames(kp: torch.Tensor, bones: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, K, 2) keypoints -> each bone's first end (B, L - 1, 2), its vector (B, L - 1, 2), its length (B, L - 1)."""
-    start = kp[:, bones[:, 0]]  # (B, L - 1, 2)
-    vector = kp[:, bones[:, 1]] - start  # (B, L - 1, 2)
+    """(B, K, 2) keypoints, (N, 2) bones -> each bone's first end (B, N, 2), its vector (B, N, 2), its
+    length (B, N); warp_source's N is L: the layout's L - 1 bones and the head's."""
+    start = kp[:, bones[:, 0]]  # (B, N, 2)
+    vector = kp[:, bones[:, 1]] - start  # (B, N, 2)
     return start, vector, vector.norm(dim=-1)
 
 
