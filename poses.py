@@ -381,16 +381,16 @@ def _bone_frames(kp: torch.Tensor, bones: torch.Tensor) -> tuple[torch.Tensor, t
 def _bone_coordinates(kp: torch.Tensor, bones: torch.Tensor, size: int):
     """Every pixel of the S x S image relative to every bone of the TARGET pose: where along the
     bone its closest point lies (0..1), and its offset from that point, both along the bone and across
-    it. Returns along, (offset along, offset across), distance, each (B, L - 1, S*S), and the bones'
-    lengths (B, L - 1)."""
+    it. Returns along, (offset along, offset across), distance, each (B, N, S*S), and the bones'
+    lengths (B, N)."""
     start, vector, length = _bone_frames(kp, bones)
-    ux, uy = (vector / length.clamp_min(1e-6)[..., None]).unbind(-1)  # (B, L - 1) each: the bone's direction
-    ux, uy = ux[..., None], uy[..., None]  # (B, L - 1, 1)
+    ux, uy = (vector / length.clamp_min(1e-6)[..., None]).unbind(-1)  # (B, N) each: the bone's direction
+    ux, uy = ux[..., None], uy[..., None]  # (B, N, 1)
     xs, ys = _pixel_grid(size, kp)  # (S*S,) each
-    px, py = xs - start[..., 0:1], ys - start[..., 1:2]  # (B, L - 1, S*S): pixel relative to the first end
-    along = ((px * ux + py * uy) / length.clamp_min(1e-6)[..., None]).clamp(0, 1)  # (B, L - 1, S*S)
-    ex, ey = px - along * vector[..., 0:1], py - along * vector[..., 1:2]  # (B, L - 1, S*S) from the closest point
-    turned = (ex * ux + ey * uy, ey * ux - ex * uy)  # (B, L - 1, S*S) x2: in the bone's own axes
+    px, py = xs - start[..., 0:1], ys - start[..., 1:2]  # (B, N, S*S): pixel relative to the first end
+    along = ((px * ux + py * uy) / length.clamp_min(1e-6)[..., None]).clamp(0, 1)  # (B, N, S*S)
+    ex, ey = px - along * vector[..., 0:1], py - along * vector[..., 1:2]  # (B, N, S*S) from the closest point
+    turned = (ex * ux + ey * uy, ey * ux - ex * uy)  # (B, N, S*S) x2: in the bone's own axes
     return along, turned, (ex * ex + ey * ey).sqrt(), length
 
 
