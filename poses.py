@@ -137,6 +137,7 @@ SIGN50 = Layout("sign50", _SIGN_NAMES, _SIGN_BONES, _SIGN_COLORS,
                 POSE_COLORS[:8] + (None,) * (2 * HAND_POINTS), frame=(260, 210), face=(0,))
 
 LAYOUTS = {len(layout.joint_names): layout for layout in (COCO18, SIGN50)}
+NECK = 1  # the neck is joint 1 in both layouts (COCO-18's order, kept by the upper body's first eight)
 
 
 def layout_of(keypoints) -> Layout:
@@ -272,7 +273,7 @@ def _torso_mask(kp: torch.Tensor, layout: Layout, size: int) -> torch.Tensor:
 def _paint_order(layout: Layout) -> tuple[list, list]:
     """The layout's bones split for painting: those inside the trunk (neck to shoulders and hips),
     painted under the torso, and the rest, painted over it; bone indices, ([], all) without a torso."""
-    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {1, *layout.torso}] if layout.torso else []
+    trunk = [i for i, (a, b) in enumerate(layout.bones) if {a, b} <= {NECK, *layout.torso}] if layout.torso else []
     return trunk, [i for i in range(len(layout.bones)) if i not in trunk]
 
 
@@ -353,8 +354,8 @@ def _continue_legs(kp: torch.Tensor, layout: Layout) -> torch.Tensor:
         return (kp[:, j] >= 0).all(-1, keepdim=True)
 
     for hip, knee, ankle in layout.legs:
-        below_hip = kp[:, hip] + THIGH_PER_TORSO * (kp[:, hip] - kp[:, 1])  # (B, 2): along neck -> hip
-        kp[:, knee] = torch.where(~seen(knee) & seen(hip) & seen(1), below_hip, kp[:, knee])
+        below_hip = kp[:, hip] + THIGH_PER_TORSO * (kp[:, hip] - kp[:, NECK])  # (B, 2): along neck -> hip
+        kp[:, knee] = torch.where(~seen(knee) & seen(hip) & seen(NECK), below_hip, kp[:, knee])
         below_knee = kp[:, knee] + SHIN_PER_THIGH * (kp[:, knee] - kp[:, hip])  # (B, 2): along hip -> knee
         kp[:, ankle] = torch.where(~seen(ankle) & seen(knee) & seen(hip), below_knee, kp[:, ankle])
     return kp
@@ -366,7 +367,7 @@ def _with_head(kp: torch.Tensor, layout: Layout) -> torch.Tensor:
     face = kp[:, list(layout.face)]  # (B, F, 2)
     seen = (face >= 0).all(-1, keepdim=True).float()  # (B, F, 1)
     centre = (face * seen).sum(1) / seen.sum(1).clamp_min(1)  # (B, 2)
-    known = (seen.sum(1) > 0) & (kp[:, 1] >= 0).all(-1, keepdim=True)  # (B, 1): a face joint and the neck
+    known = (seen.sum(1) > 0) & (kp[:, NECK] >= 0).all(-1, keepdim=True)  # (B, 1): a face joint and the neck
     return torch.cat([kp, torch.where(known, centre, torch.full_like(centre, MISSING))[:, None]], dim=1)
 
 
@@ -410,17 +411,19 @@ def _bone_of_pixel(target_kp: torch.Tensor, layout: Layout, distance: torch.Tens
     face_bone = torch.tensor([bool({a, b} & set(layout.face)) for a, b in layout.bones] + [False],
                              device=distance.device)  # (L,): bones touching a face joint; -1 (torso) reads False
     last = _last_part(paint_masks(target_kp, size).flatten(2))  # (B, S*S): the last part painted, 0 = none
-    chosen = part_bone[(last - 1).clamp_min(0)]  # (B, S*S)
+    painted = part_bone[(last - 1).clamp_min(0)]  # (B, S*S): its bone, -1 for the torso (read only where last > 0)
     limbs = distance[:, :-1]  # (B, L - 1, S*S): the layout's own bones
     nearest = limbs.argmin(dim=1)  # (B, S*S)
     if trunk:
         trunk_ids = torch.tensor(trunk, device=distance.device)
-        chosen = torch.where(chosen < 0, trunk_ids[limbs[:, trunk_ids].argmin(dim=1)], chosen)
+        chosen = torch.where(painted < 0, trunk_ids[limbs[:, trunk_ids].argmin(dim=1)], painted)
+    else:
+        chosen = painted
     bone = torch.where(last > 0, chosen, nearest)  # (B, S*S)
     usable = torch.gather(limbs, 1, bone[:, None]).squeeze(1).isfinite()  # (B, S*S)
     bone = torch.where(usable, bone, nearest)  # a part the source lacks: the nearest bone it has
     best = limbs.amin(dim=1)  # (B, S*S)
-    head = head & ((last == 0) | face_bone[part_bone[(last - 1).clamp_min(0)]])  # (B, S*S)
+    head = head & ((last == 0) | face_bone[painted])  # (B, S*S): unpainted, or painted by a face bone
     bone = torch.where(head, distance.shape[1] - 1, bone)  # (B, S*S)
     return bone, (((last > 0) | (best <= reach * size)) & best.isfinite()) | head
 
@@ -446,7 +449,7 @@ def warp_source(source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.
     b, size = source.shape[0], source.shape[-1]
     layout = layout_of(target_kp[0])
     head_joint = len(layout.joint_names)  # index of the head's centre, appended by _with_head
-    bones = torch.tensor(layout.bones + ((1, head_joint),), device=source.device)  # (L, 2): + neck -> head
+    bones = torch.tensor(layout.bones + ((NECK, head_joint),), device=source.device)  # (L, 2): + neck -> head
     kt, ks = (_with_head(_continue_legs(kp.float(), layout), layout) for kp in (target_kp, source_kp))
     present = (kt[:, bones] >= 0).flatten(2).all(-1) & (ks[:, bones] >= 0).flatten(2).all(-1)  # (B, L)
     s_start, s_vector, s_length = _bone_frames(ks, bones)
